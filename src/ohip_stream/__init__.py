@@ -1,0 +1,49 @@
+"""ohip-stream: consume OPERA Cloud business events from the OHIP Streaming API.
+
+.. code-block:: python
+
+    from ohip_stream import EventStream, OAuthClientCredentials, SQLiteCheckpointStore
+
+    async with EventStream(gateway_url=URL, app_key=KEY, chain_code="OHIPCN", auth=auth,
+                           checkpoints=SQLiteCheckpointStore("offsets.db")) as stream:
+        async for event in stream:
+            handle(event)
+"""
+
+from ohip_stream._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionRejectedError,
+    ConsumerAlreadyRunningError,
+    ConsumerConflictError,
+    EventValidationError,
+    ForbiddenError,
+    MessageTooLargeError,
+    OhipError,
+    ProtocolError,
+    RateLimitedError,
+    SubscriptionError,
+    TransportError,
+)
+from ohip_stream._version import __version__
+from ohip_stream.models import Event, EventDetail, EventMetadata
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionRejectedError",
+    "ConsumerAlreadyRunningError",
+    "ConsumerConflictError",
+    "Event",
+    "EventDetail",
+    "EventMetadata",
+    "EventValidationError",
+    "ForbiddenError",
+    "MessageTooLargeError",
+    "OhipError",
+    "ProtocolError",
+    "RateLimitedError",
+    "SubscriptionError",
+    "TransportError",
+    "__version__",
+]

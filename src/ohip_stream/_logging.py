@@ -1,0 +1,148 @@
+"""Logging with secrets redacted, in our records and in what our dependencies log through us.
+
+The library logs to ``ohip_stream.*`` (a ``NullHandler`` on the package logger: the application
+decides where records go). Every record on those loggers, and on the loggers of httpx, httpcore,
+websockets and the emulator's server, passes :class:`RedactingFilter`, which removes:
+
+* every value registered with :func:`register_secret` (client secret, password, access tokens,
+  the raw application key and its hash);
+* anything shaped like a secret, whoever registered it: ``Bearer ...``, ``Basic ...``, JWTs,
+  ``key=<hash>`` and bare 64-hex digests, and the values of ``x-app-key``, ``client_secret``,
+  ``password`` and ``access_token`` fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+
+__all__ = [
+    "REDACTED",
+    "RedactingFilter",
+    "get_logger",
+    "install_redaction",
+    "redact",
+    "register_secret",
+]
+
+REDACTED = "[REDACTED]"
+
+_PATTERNS = (
+    re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"),
+    re.compile(r"(?i)([?&]key=)[^&\s'\"]+"),
+    re.compile(r"\b[0-9a-fA-F]{64}\b"),
+    re.compile(
+        r"(?i)([\"']?(?:x-app-key|client_secret|password|access_token|authorization)[\"']?"
+        r"\s*[:=]\s*[\"']?)[^\"'&,\s}]+"
+    ),
+)
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_secret_pattern: re.Pattern[str] | None = None
+
+# Loggers of the libraries that log on our behalf.
+_THIRD_PARTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "websockets",
+    "websockets.client",
+    "websockets.server",
+    "aiohttp",
+    "aiohttp.access",
+    "aiohttp.client",
+    "aiohttp.internal",
+    "aiohttp.server",
+    "aiohttp.web",
+    "aiohttp.websocket",
+    "uvicorn",
+    "uvicorn.access",
+    "uvicorn.error",
+    "tenacity",
+)
+
+
+def register_secret(*values: str | None) -> None:
+    """Add values that must never appear in a log record (empty and ``None`` are ignored)."""
+    global _secret_pattern
+    added = [v for v in values if v and len(v) >= 3]
+    if not added:
+        return
+    with _secrets_lock:
+        before = len(_secrets)
+        _secrets.update(added)
+        if len(_secrets) != before:
+            ordered = sorted(_secrets, key=len, reverse=True)
+            _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and secret-shaped value replaced by ``[REDACTED]``."""
+    pattern = _secret_pattern
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    for shape in _PATTERNS:
+        if shape.groups:
+            text = shape.sub(lambda m: f"{m.group(1)}{_tail(m)}", text)
+        else:
+            text = shape.sub(REDACTED, text)
+    return text
+
+
+def _tail(match: re.Match[str]) -> str:
+    # For "Bearer xyz" keep the scheme word; for "key=..." and "field: ..." keep the prefix.
+    prefix = match.group(1)
+    return (" " if prefix.isalpha() else "") + REDACTED
+
+
+class RedactingFilter(logging.Filter):
+    """A filter that rewrites each record's message with :func:`redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is the caller's bug; leave it as it is
+            return True
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg = cleaned
+            record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(exc_text)
+        return True
+
+
+_FILTER = RedactingFilter()
+_installed: set[str] = set()
+
+
+def _attach(names: Iterable[str]) -> None:
+    for name in names:
+        if name in _installed:
+            continue
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        _installed.add(name)
+
+
+def install_redaction() -> None:
+    """Attach the redacting filter to the loggers of httpx, httpcore, websockets and servers."""
+    _attach(_THIRD_PARTY_LOGGERS)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger ``name`` (under ``ohip_stream``) with the redacting filter attached."""
+    _attach((name,))
+    return logging.getLogger(name)
+
+
+logging.getLogger("ohip_stream").addHandler(logging.NullHandler())

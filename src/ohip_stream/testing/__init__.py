@@ -1,0 +1,1 @@
+"""Test kit: a local OHIP gateway (the emulator) and helpers for tests of integrations."""

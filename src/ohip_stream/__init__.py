@@ -10,6 +10,8 @@
             handle(event)
 """
 
+import logging
+
 from ohip_stream._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -27,6 +29,9 @@ from ohip_stream._exceptions import (
 )
 from ohip_stream._version import __version__
 from ohip_stream.models import Event, EventDetail, EventMetadata
+from ohip_stream.timings import Timings
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AuthenticationError",
@@ -44,6 +49,7 @@ __all__ = [
     "ProtocolError",
     "RateLimitedError",
     "SubscriptionError",
+    "Timings",
     "TransportError",
     "__version__",
 ]

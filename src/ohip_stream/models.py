@@ -11,6 +11,7 @@ as on the wire: ``event.metadata.offset`` is ``"193"``, never ``193``.
 from __future__ import annotations
 
 import html
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -225,5 +226,9 @@ def parse_next_frame(raw: str | bytes) -> NextFrame:
 
 
 def event_from_data(data: Any) -> Event:
-    """Validate the ``newEvent`` object of an already decoded ``next`` payload."""
-    return Event.model_validate(data, strict=True)
+    """Validate the ``newEvent`` object of an already decoded ``next`` payload.
+
+    It goes through JSON so that the rules are exactly those of :func:`parse_next_frame` (this
+    is the slow path, for frames the one-pass parse refused).
+    """
+    return Event.model_validate_json(json.dumps(data))

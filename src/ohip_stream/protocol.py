@@ -1,0 +1,431 @@
+"""A sans-I/O client of the graphql-transport-ws protocol, with OHIP's rules.
+
+No sockets and no event loop here: commands return the text of the frame to send, and
+:meth:`ClientProtocol.receive` turns one received text frame into one typed event. Replies the
+protocol owes the server (a ``pong`` for every ``ping``) wait in :meth:`data_to_send`.
+
+States (graphql-transport-ws, ``PROTOCOL.md`` of graphql-ws)::
+
+    OPEN --connection_init--> INIT_SENT --connection_ack--> ACKNOWLEDGED
+    ACKNOWLEDGED --subscribe--> SUBSCRIBED --complete (ours)--> COMPLETING
+    SUBSCRIBED --complete/error (server's)--> ENDED
+    any --close--> CLOSED
+
+OHIP allows one subscription per connection (protocol §2); after our ``complete`` the events
+already in flight, pings, pongs and the server's close are still accepted (protocol §4).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
+
+from ohip_stream._exceptions import ConfigurationError, EventValidationError, ProtocolError
+from ohip_stream.models import Event, event_from_data, parse_next_frame
+
+__all__ = [
+    "SUBPROTOCOL",
+    "ClientProtocol",
+    "Closed",
+    "Complete",
+    "ConnectionAck",
+    "ErrorMessage",
+    "InvalidNext",
+    "Next",
+    "Ping",
+    "Pong",
+    "ProtocolEvent",
+    "QueryResult",
+    "State",
+    "hash_app_key",
+    "subscription_url",
+]
+
+SUBPROTOCOL = "graphql-transport-ws"
+
+
+def hash_app_key(app_key: str) -> str:
+    """SHA-256 of the UTF-8 application key as LOWER-CASE hex (protocol §1; OHIP answers an
+    upper-case hash with HTTP 400)."""
+    return hashlib.sha256(app_key.encode("utf-8")).hexdigest()
+
+
+def subscription_url(gateway_url: str, app_key: str) -> str:
+    """``wss://<gateway host>/subscriptions?key=<hash>`` from the environment's gateway URL.
+
+    ``https`` becomes ``wss`` and ``http`` becomes ``ws`` (protocol §1); a path prefix of the
+    gateway URL is kept. ``key`` is the only query parameter.
+    """
+    parts = urlsplit(gateway_url.strip())
+    schemes = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigurationError(
+            "gateway_url must be the environment's gateway URL, like "
+            "'https://<gateway host>'; got a URL without an http(s) scheme or host"
+        )
+    path = parts.path.rstrip("/") + "/subscriptions"
+    query = "key=" + hash_app_key(app_key)
+    return urlunsplit((schemes[parts.scheme], parts.netloc, path, query, ""))
+
+
+class State(enum.Enum):
+    """Where the connection stands in graphql-transport-ws."""
+
+    OPEN = "open"
+    INIT_SENT = "init_sent"
+    ACKNOWLEDGED = "acknowledged"
+    SUBSCRIBED = "subscribed"
+    COMPLETING = "completing"
+    ENDED = "ended"
+    CLOSED = "closed"
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionAck:
+    """The server accepted ``connection_init``."""
+
+    payload: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """A valid event of the subscription."""
+
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidNext:
+    """A ``next`` of the subscription whose event does not fit the model (raw text kept)."""
+
+    raw: str
+    error: EventValidationError
+
+    @property
+    def offset(self) -> str | None:
+        """The event's offset, when it could be read."""
+        return self.error.offset
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """The data of a query operation (``query { connection { id status } }``)."""
+
+    id: str
+    data: Mapping[str, Any] | None
+    errors: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMessage:
+    """An ``error`` message: the server refused or ended an operation with GraphQL errors."""
+
+    id: str
+    errors: tuple[Any, ...]
+
+    @property
+    def message(self) -> str:
+        """The first error's message, or a description of the payload."""
+        for error in self.errors:
+            if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+                return str(error["message"])
+        return "the server sent an error without a message"
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """The server completed an operation."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A server ``ping`` (the ``pong`` is already queued in :meth:`ClientProtocol.data_to_send`)."""
+
+    payload: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A ``pong``: proof that the server is alive."""
+
+    payload: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The WebSocket closed (``code`` 1006 when it was dropped without a close frame)."""
+
+    code: int
+    reason: str = ""
+
+
+ProtocolEvent = (
+    ConnectionAck
+    | Next
+    | InvalidNext
+    | QueryResult
+    | ErrorMessage
+    | Complete
+    | Ping
+    | Pong
+    | Closed
+)
+
+_PING = '{"type":"ping"}'
+_PONG = '{"type":"pong"}'
+_ALIVE_STATES = frozenset({State.SUBSCRIBED, State.COMPLETING})
+
+
+@dataclass
+class ClientProtocol:
+    """The client side of one graphql-transport-ws connection.
+
+    ``clock`` (monotonic seconds) stamps :attr:`last_alive`, the last sign of life (a pong or an
+    event) that the liveness check reads.
+    """
+
+    subscription_id: str = "1"
+    clock: Callable[[], float] = time.monotonic
+    state: State = State.OPEN
+    last_alive: float = field(default=0.0)
+    _outgoing: list[str] = field(default_factory=list, repr=False)
+    _queries: dict[str, bool] = field(default_factory=dict, repr=False)
+    _query_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.last_alive = self.clock()
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def connection_init(self, payload: Mapping[str, Any]) -> str:
+        """The ``connection_init`` frame; OHIP wants ``Authorization`` and the RAW ``x-app-key``
+        in its payload (protocol §1), and extra keys such as ``enterpriseId`` are allowed."""
+        self._require(State.OPEN, "connection_init", "it may be sent once, first")
+        self.state = State.INIT_SENT
+        return json.dumps({"type": "connection_init", "payload": dict(payload)})
+
+    def subscribe(self, payload: Mapping[str, Any]) -> str:
+        """The ``subscribe`` frame of the one subscription this connection may carry."""
+        if self.state in (State.OPEN, State.INIT_SENT):
+            raise ProtocolError("cannot subscribe before the server sent connection_ack")
+        if self.state is not State.ACKNOWLEDGED:
+            raise ProtocolError(
+                "OHIP allows one subscription per connection; this connection already had one"
+            )
+        self.state = State.SUBSCRIBED
+        return json.dumps({"id": self.subscription_id, "type": "subscribe", "payload": payload})
+
+    def query(self, payload: Mapping[str, Any]) -> tuple[str, str]:
+        """A query operation (e.g. the connection status) before the subscription.
+
+        Returns ``(operation id, frame)``; the answer comes as :class:`QueryResult` then
+        :class:`Complete` with that id.
+        """
+        self._require(State.ACKNOWLEDGED, "a query", "it needs connection_ack and no subscription")
+        self._query_count += 1
+        op_id = f"q{self._query_count}"
+        self._queries[op_id] = True
+        return op_id, json.dumps({"id": op_id, "type": "subscribe", "payload": payload})
+
+    def complete(self) -> str:
+        """The ``complete`` frame that ends the subscription (protocol §4: before every planned
+        disconnect); it carries the subscription's id."""
+        self._require(State.SUBSCRIBED, "complete", "there is no running subscription")
+        self.state = State.COMPLETING
+        return json.dumps({"id": self.subscription_id, "type": "complete"})
+
+    def ping(self) -> str:
+        """A ``ping`` frame (protocol §4: at least every 15 s)."""
+        if self.state is State.CLOSED:
+            raise ProtocolError("cannot ping: the connection is closed")
+        return _PING
+
+    def data_to_send(self) -> list[str]:
+        """Frames the protocol owes the server (pongs); empties the queue."""
+        frames, self._outgoing = self._outgoing, []
+        return frames
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has frames waiting."""
+        return bool(self._outgoing)
+
+    # --- received ------------------------------------------------------------------------------
+
+    def receive(self, text: str | bytes) -> ProtocolEvent:
+        """Turn one received frame into an event; a frame that breaks the protocol raises
+        :class:`ProtocolError` naming what is wrong."""
+        state = self.state
+        if state is State.CLOSED:
+            raise ProtocolError("received a frame after the connection closed")
+        if state in _ALIVE_STATES:
+            # The hot path: a whole ``next`` frame validated in one pass from its raw text.
+            try:
+                frame = parse_next_frame(text)
+            except ValidationError:
+                pass
+            else:
+                if frame.id != self.subscription_id:
+                    raise ProtocolError(
+                        f"received next for unknown subscription id {frame.id!r} "
+                        f"(ours is {self.subscription_id!r})"
+                    )
+                self.last_alive = self.clock()
+                return Next(frame.payload.data.newEvent)
+        return self._receive_slow(text if isinstance(text, str) else _decode(text))
+
+    def receive_close(self, code: int | None, reason: str = "") -> Closed:
+        """The WebSocket closed; ``None`` (no close frame) counts as 1006."""
+        self.state = State.CLOSED
+        return Closed(1006 if code is None else code, reason)
+
+    def _receive_slow(self, text: str) -> ProtocolEvent:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise ProtocolError(f"malformed frame: not JSON ({_excerpt(text)})") from None
+        if not isinstance(message, dict):
+            raise ProtocolError(f"malformed frame: not a JSON object ({_excerpt(text)})")
+        kind = message.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError(f"malformed frame: no message type ({_excerpt(text)})")
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            if kind in _CLIENT_ONLY:
+                raise ProtocolError(f"the server sent {kind!r}, which only a client may send")
+            raise ProtocolError(f"unknown message type {kind!r}")
+        return handler(self, message, text)
+
+    def _on_ack(self, message: dict[str, Any], text: str) -> ProtocolEvent:
+        if self.state is not State.INIT_SENT:
+            raise ProtocolError(f"unexpected connection_ack in state {self.state.value}")
+        self.state = State.ACKNOWLEDGED
+        return ConnectionAck(_payload(message, text))
+
+    def _on_ping(self, message: dict[str, Any], text: str) -> ProtocolEvent:
+        # graphql-transport-ws: answer every ping with a pong at once.
+        self._outgoing.append(_PONG)
+        return Ping(_payload(message, text))
+
+    def _on_pong(self, message: dict[str, Any], text: str) -> ProtocolEvent:
+        self.last_alive = self.clock()
+        return Pong(_payload(message, text))
+
+    def _on_next(self, message: dict[str, Any], text: str) -> ProtocolEvent:
+        op_id = self._operation_id(message, "next")
+        payload = message.get("payload")
+        if not isinstance(payload, dict):
+            raise ProtocolError("malformed next: its payload is not an object")
+        errors = payload.get("errors")
+        errors_tuple = tuple(errors) if isinstance(errors, list) else ()
+        if op_id in self._queries:
+            data = payload.get("data")
+            return QueryResult(op_id, data if isinstance(data, dict) else None, errors_tuple)
+        data = payload.get("data")
+        if data is None and errors_tuple:
+            return ErrorMessage(op_id, errors_tuple)
+        self.last_alive = self.clock()
+        event_data = data.get("newEvent") if isinstance(data, dict) else None
+        try:
+            return Next(event_from_data(event_data))
+        except ValidationError as exc:
+            return InvalidNext(text, _validation_error(exc, text, event_data))
+
+    def _on_error(self, message: dict[str, Any], text: str) -> ProtocolEvent:
+        op_id = self._operation_id(message, "error")
+        payload = message.get("payload")
+        if not isinstance(payload, list):
+            raise ProtocolError("malformed error message: its payload is not a list of errors")
+        self._end(op_id)
+        return ErrorMessage(op_id, tuple(payload))
+
+    def _on_complete(self, message: dict[str, Any], text: str) -> ProtocolEvent:
+        op_id = self._operation_id(message, "complete")
+        self._end(op_id)
+        return Complete(op_id)
+
+    def _end(self, op_id: str) -> None:
+        if op_id in self._queries:
+            del self._queries[op_id]
+        elif self.state is State.SUBSCRIBED:
+            self.state = State.ENDED
+
+    def _operation_id(self, message: dict[str, Any], kind: str) -> str:
+        op_id = message.get("id")
+        if not isinstance(op_id, str) or not op_id:
+            raise ProtocolError(f"malformed {kind}: it has no operation id")
+        if op_id in self._queries:
+            return op_id
+        if op_id != self.subscription_id:
+            raise ProtocolError(
+                f"received {kind} for unknown operation id {op_id!r} "
+                f"(ours is {self.subscription_id!r})"
+            )
+        if self.state not in _ALIVE_STATES:
+            raise ProtocolError(f"received {kind} for a subscription in state {self.state.value}")
+        return op_id
+
+    def _require(self, state: State, what: str, why: str) -> None:
+        if self.state is not state:
+            raise ProtocolError(f"cannot send {what} in state {self.state.value}: {why}")
+
+
+_Handler = Callable[[ClientProtocol, dict[str, Any], str], ProtocolEvent]
+_HANDLERS: dict[str, _Handler] = {
+    "connection_ack": ClientProtocol._on_ack,
+    "ping": ClientProtocol._on_ping,
+    "pong": ClientProtocol._on_pong,
+    "next": ClientProtocol._on_next,
+    "error": ClientProtocol._on_error,
+    "complete": ClientProtocol._on_complete,
+}
+_CLIENT_ONLY = frozenset({"connection_init", "subscribe"})
+
+
+def _payload(message: dict[str, Any], text: str) -> Mapping[str, Any] | None:
+    payload = message.get("payload")
+    if payload is None or isinstance(payload, dict):
+        return payload
+    raise ProtocolError(
+        f"malformed {message['type']}: its payload must be an object ({_excerpt(text)})"
+    )
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("malformed frame: not UTF-8 text") from None
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _validation_error(exc: ValidationError, raw: str, data: Any) -> EventValidationError:
+    offset: str | None = None
+    if isinstance(data, dict):
+        metadata = data.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("offset"), str):
+            offset = metadata["offset"]
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'newEvent'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    )
+    where = f"event at offset {offset}" if offset is not None else "event without a readable offset"
+    return EventValidationError(
+        f"{where} does not fit the model: {problems}", raw=raw, offset=offset
+    )

@@ -28,12 +28,20 @@ from ohip_stream._exceptions import (
     TransportError,
 )
 from ohip_stream._version import __version__
+from ohip_stream.auth import (
+    AccessToken,
+    OAuthClientCredentials,
+    OAuthPassword,
+    StaticToken,
+    TokenProvider,
+)
 from ohip_stream.models import Event, EventDetail, EventMetadata
 from ohip_stream.timings import Timings
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "AccessToken",
     "AuthenticationError",
     "ConfigurationError",
     "ConnectionRejectedError",
@@ -45,11 +53,15 @@ __all__ = [
     "EventValidationError",
     "ForbiddenError",
     "MessageTooLargeError",
+    "OAuthClientCredentials",
+    "OAuthPassword",
     "OhipError",
     "ProtocolError",
     "RateLimitedError",
+    "StaticToken",
     "SubscriptionError",
     "Timings",
+    "TokenProvider",
     "TransportError",
     "__version__",
 ]

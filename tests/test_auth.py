@@ -307,6 +307,28 @@ async def test_verify_and_proxy_conflict_with_http_client() -> None:
             OAuthClientCredentials(**cc_kwargs(http_client=client, proxy="http://proxy:3128"))
 
 
+@pytest.mark.parametrize("gateway_url", ["https://gateway.example.com:notaport", "https://[::1"])
+def test_gateway_url_must_parse(gateway_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="gateway_url"):
+        OAuthClientCredentials(**cc_kwargs(gateway_url=gateway_url))
+
+
+@pytest.mark.parametrize("proxy", ["ftp://proxy.example", "not a url at all"])
+def test_proxy_is_validated(proxy: str) -> None:
+    with pytest.raises(ConfigurationError, match="proxy"):
+        OAuthClientCredentials(**cc_kwargs(proxy=proxy))
+
+
+async def test_closed_http_client_is_a_configuration_error(router: respx.MockRouter) -> None:
+    route = router.post(TOKEN_URL).respond(200, json=token_body())
+    client = httpx.AsyncClient()
+    await client.aclose()
+    provider = OAuthClientCredentials(**cc_kwargs(http_client=client))
+    with pytest.raises(ConfigurationError, match="http_client"):
+        await provider.get_token()
+    assert route.call_count == 0
+
+
 def test_configuration_errors_are_ohip_errors_and_value_errors() -> None:
     with pytest.raises(ValueError, match="client_id"):
         OAuthClientCredentials(**cc_kwargs(client_id=""))
@@ -730,6 +752,14 @@ async def test_untrusted_certificate_is_a_configuration_error(
     assert sleep.calls == []
 
 
+async def test_undecodable_response_is_a_transport_error(
+    router: respx.MockRouter, cc: OAuthClientCredentials
+) -> None:
+    router.post(TOKEN_URL).mock(side_effect=httpx.DecodingError("bad gzip"))
+    with pytest.raises(TransportError, match="DecodingError"):
+        await cc.get_token()
+
+
 async def test_no_library_error_escapes_unmapped(
     router: respx.MockRouter, cc: OAuthClientCredentials
 ) -> None:
@@ -879,6 +909,16 @@ async def test_no_secret_in_any_log_record(
         assert_no_secret(record.exc_text or "")
     assert any(r.exc_text and "[REDACTED]" in r.exc_text for r in caplog.records)
     assert_no_secret(caplog.text)
+
+
+async def test_proxy_password_is_registered_as_a_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy_password = "proxy-pa55word-value"
+    OAuthClientCredentials(**cc_kwargs(proxy=f"http://user:{proxy_password}@proxy.example:3128"))
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").debug("connecting through proxy with %s", proxy_password)
+    assert proxy_password not in caplog.text
 
 
 # --------------------------------------------------------------------------------------------

@@ -255,7 +255,14 @@ def _check_enterprise_id(value: str) -> str:
 def _normalize_gateway(gateway_url: object) -> tuple[str, str]:
     """The gateway URL without a trailing slash, and its host (for reprs and messages)."""
     url = _require("gateway_url", gateway_url).strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"gateway_url is not a valid URL ({exc}): pass the gateway's base URL, "
+            "https://<host>[:<port>]"
+        ) from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigurationError(
             "gateway_url must be an http(s) URL such as https://<host>, the gateway's base URL "
@@ -270,7 +277,29 @@ def _normalize_gateway(gateway_url: object) -> tuple[str, str]:
         raise ConfigurationError(
             "gateway_url must not carry credentials: pass client_id= and client_secret="
         )
+    try:
+        httpx.URL(url + TOKEN_PATH)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ConfigurationError(
+            f"gateway_url is not a valid URL ({exc}): pass the gateway's base URL, "
+            "https://<host>[:<port>]"
+        ) from None
     return url.rstrip("/"), parts.hostname
+
+
+def _check_proxy(proxy: Proxy) -> Proxy:
+    """``proxy`` after checking httpx can use it; its password is registered as a secret."""
+    if proxy is None:
+        return None
+    try:
+        parsed = proxy if isinstance(proxy, httpx.Proxy) else httpx.Proxy(proxy)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise ConfigurationError(
+            "proxy must be an http://, https:// or socks5:// URL (or an httpx.Proxy)"
+        ) from None
+    if parsed.auth is not None:
+        register_secret(parsed.auth[1])
+    return proxy
 
 
 def _ssl_context(verify: Verify) -> bool | ssl.SSLContext:
@@ -389,7 +418,7 @@ class _OAuthProvider:
                 "configure them on your own httpx.AsyncClient instead"
             )
         self._verify = _ssl_context(verify) if http_client is None else True
-        self._proxy = proxy
+        self._proxy = _check_proxy(proxy)
         self._external_client = http_client
         self._own_client: httpx.AsyncClient | None = None
 
@@ -553,12 +582,7 @@ class _OAuthProvider:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        _log.warning(
-            "token request to %s failed (%s); retrying in %.1f s",
-            self._host,
-            error,
-            wait,
-        )
+        _log.warning("%s; retrying in %.1f s", error, wait)
 
     async def _request_once(self, attempt: int, attempts: int) -> AccessToken:
         _log.debug(
@@ -569,11 +593,17 @@ class _OAuthProvider:
             attempts,
         )
         started = self._clock()
+        client = self._client()
+        if client.is_closed:
+            raise ConfigurationError(
+                "the http_client given to the token provider is closed: keep it open while the "
+                "provider is in use"
+            )
         try:
-            response = await self._client().post(
+            response = await client.post(
                 self.token_url, data=self._form(), headers=self._headers(), timeout=self._timeout
             )
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # network, timeouts, undecodable bodies
             if _is_certificate_error(exc):
                 raise ConfigurationError(
                     f"the TLS certificate of {self._host} is not trusted: pass verify= with "

@@ -35,7 +35,14 @@ from ohip_stream.auth import (
     StaticToken,
     TokenProvider,
 )
+from ohip_stream.checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    MemoryCheckpointStore,
+    SQLiteCheckpointStore,
+)
 from ohip_stream.models import Event, EventDetail, EventMetadata
+from ohip_stream.stream import EventStream, StreamStats
 from ohip_stream.timings import Timings
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -43,6 +50,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "AccessToken",
     "AuthenticationError",
+    "Checkpoint",
+    "CheckpointStore",
     "ConfigurationError",
     "ConnectionRejectedError",
     "ConsumerAlreadyRunningError",
@@ -50,15 +59,19 @@ __all__ = [
     "Event",
     "EventDetail",
     "EventMetadata",
+    "EventStream",
     "EventValidationError",
     "ForbiddenError",
+    "MemoryCheckpointStore",
     "MessageTooLargeError",
     "OAuthClientCredentials",
     "OAuthPassword",
     "OhipError",
     "ProtocolError",
     "RateLimitedError",
+    "SQLiteCheckpointStore",
     "StaticToken",
+    "StreamStats",
     "SubscriptionError",
     "Timings",
     "TokenProvider",

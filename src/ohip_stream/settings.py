@@ -1,0 +1,201 @@
+"""Configuration from the environment (``OHIP_*`` variables and a ``.env`` file), at the edge only.
+
+============================  =====================================================
+variable                      meaning
+============================  =====================================================
+``OHIP_GATEWAY_URL``          the environment's gateway URL (``https://...``)
+``OHIP_APP_KEY``              the application key (raw; the SDK hashes it for the URL)
+``OHIP_CHAIN_CODE``           the OPERA chain code
+``OHIP_CLIENT_ID``            OAuth client id
+``OHIP_CLIENT_SECRET``        OAuth client secret
+``OHIP_ENTERPRISE_ID``        client-credentials environments (OCIM)
+``OHIP_USERNAME``             password-grant environments, with ``OHIP_PASSWORD``
+``OHIP_PASSWORD``
+``OHIP_CA_FILE``              CA bundle (PEM) for the gateway and the token endpoint
+``OHIP_PROXY``                proxy URL for both
+``OHIP_CHECKPOINT_DB``        SQLite file for checkpoints (default: in memory)
+``OHIP_LOCK_DIR``             directory of the one-consumer lock files
+``OHIP_TIMINGS__<FIELD>``     any :class:`~ohip_stream.Timings` field, e.g.
+                              ``OHIP_TIMINGS__PING_INTERVAL=10``
+============================  =====================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._logging import register_secret
+from ohip_stream.timings import Timings
+
+if TYPE_CHECKING:
+    from ohip_stream.auth import TokenProvider
+    from ohip_stream.stream import EventStream
+
+__all__ = ["OhipSettings"]
+
+
+class _TimingsEnv(BaseModel):
+    """``OHIP_TIMINGS__<FIELD>`` values; unset fields keep Oracle's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ping_interval: float | None = None
+    rotate_after: float | None = None
+    complete_gap: float | None = None
+    lockout: float | None = None
+    drop_wait: float | None = None
+    backoff_min: float | None = None
+    backoff_max: float | None = None
+    liveness_timeout: float | None = None
+    drain_timeout: float | None = None
+    init_timeout: float | None = None
+    upgrade_budget: tuple[int, float] | None = None
+    max_lockouts: int | None = None
+
+
+class OhipSettings(BaseSettings):
+    """The ``OHIP_*`` configuration of a stream. Secrets are ``SecretStr`` (never printed)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OHIP_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    gateway_url: str | None = None
+    app_key: SecretStr | None = None
+    chain_code: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    enterprise_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    proxy: str | None = None
+    checkpoint_db: Path | None = None
+    lock_dir: Path | None = None
+    timings: _TimingsEnv = _TimingsEnv()
+
+    @classmethod
+    def load(cls, env_file: str | Path | None = ".env", **values: Any) -> OhipSettings:
+        """Read the environment (and ``env_file`` if it exists); a bad value is a
+        :class:`ConfigurationError` naming the variable."""
+        try:
+            settings = cls(_env_file=env_file, **values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+        register_secret(
+            *(
+                s.get_secret_value()
+                for s in (settings.app_key, settings.client_secret, settings.password)
+                if s is not None
+            )
+        )
+        return settings
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`ConfigurationError` listing the missing ``OHIP_*`` variables."""
+        missing = [f"OHIP_{n.upper()}" for n in names if getattr(self, n) in (None, "")]
+        if missing:
+            raise ConfigurationError(
+                f"missing {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} in "
+                "the environment or a .env file"
+            )
+
+    def make_timings(self) -> Timings:
+        """The :class:`Timings` with the ``OHIP_TIMINGS__*`` overrides."""
+        values = {k: v for k, v in self.timings.model_dump().items() if v is not None}
+        return Timings(**values)
+
+    def token_provider(self) -> TokenProvider:
+        """An OAuth provider for the grant the variables describe (client credentials when
+        ``OHIP_ENTERPRISE_ID`` is set, password when ``OHIP_USERNAME``/``OHIP_PASSWORD`` are)."""
+        from ohip_stream.auth import OAuthClientCredentials, OAuthPassword
+
+        self.require("gateway_url", "app_key", "client_id", "client_secret")
+        has_password = self.username is not None or self.password is not None
+        if self.enterprise_id and has_password:
+            raise ConfigurationError(
+                "set OHIP_ENTERPRISE_ID (client credentials) or OHIP_USERNAME and OHIP_PASSWORD "
+                "(password grant), not both"
+            )
+        assert self.gateway_url is not None
+        assert self.app_key is not None
+        assert self.client_id is not None
+        assert self.client_secret is not None
+        verify: Any = str(self.ca_file) if self.ca_file is not None else True
+        common: dict[str, Any] = {
+            "gateway_url": self.gateway_url,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.get_secret_value(),
+            "app_key": self.app_key.get_secret_value(),
+            "verify": verify,
+            "proxy": self.proxy,
+        }
+        if self.enterprise_id:
+            return OAuthClientCredentials(enterprise_id=self.enterprise_id, **common)
+        if has_password:
+            self.require("username", "password")
+            assert self.username is not None
+            assert self.password is not None
+            return OAuthPassword(
+                username=self.username, password=self.password.get_secret_value(), **common
+            )
+        raise ConfigurationError(
+            "set OHIP_ENTERPRISE_ID for a client-credentials environment, or OHIP_USERNAME and "
+            "OHIP_PASSWORD for a password-grant environment"
+        )
+
+    def checkpoint_store(self) -> Any:
+        """A :class:`SQLiteCheckpointStore` at ``OHIP_CHECKPOINT_DB``, or ``None``."""
+        from ohip_stream.checkpoints import SQLiteCheckpointStore
+
+        return SQLiteCheckpointStore(self.checkpoint_db) if self.checkpoint_db else None
+
+    def event_stream(self, **overrides: Any) -> EventStream:
+        """An :class:`EventStream` that owns the provider and store made here."""
+        from ohip_stream.stream import EventStream
+
+        self.require("gateway_url", "app_key", "chain_code")
+        assert self.gateway_url is not None
+        assert self.app_key is not None
+        assert self.chain_code is not None
+        owned: list[Any] = []
+        kwargs: dict[str, Any] = {
+            "gateway_url": self.gateway_url,
+            "app_key": self.app_key.get_secret_value(),
+            "chain_code": self.chain_code,
+            "timings": self.make_timings(),
+            "proxy": self.proxy,
+            "lock_dir": self.lock_dir,
+        }
+        if self.ca_file is not None:
+            kwargs["ssl"] = self.ca_file
+        if "auth" not in overrides:
+            kwargs["auth"] = self.token_provider()
+            owned.append(kwargs["auth"])
+        if "checkpoints" not in overrides:
+            store = self.checkpoint_store()
+            if store is not None:
+                kwargs["checkpoints"] = store
+                owned.append(store)
+        kwargs.update(overrides)
+        stream = EventStream(**kwargs)
+        stream._adopt(*owned)
+        return stream
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = "__".join(str(p) for p in error["loc"]).upper()
+        problems.append(f"OHIP_{loc}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems)

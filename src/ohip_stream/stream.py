@@ -1,0 +1,985 @@
+"""``EventStream``: one OHIP stream (gateway, chain code, application key), consumed for as long
+as the caller wants, across token expiry, maintenance, network drops and lockouts.
+
+The pieces (protocol §4-§7)::
+
+    pump task: token -> Connection -> subscribe -> frames -> de-duplicate -> bounded queue
+               keeper task (per connection): pings, liveness, rotation before the token expires
+    caller:    async for event in stream  -> marks the previous event processed -> commits
+
+Nothing is acknowledged to the server (OHIP has no acknowledgement); the checkpoint of the last
+processed offset IS the acknowledgement, written in batches and always at rotation, reconnect
+and close. A restart resumes from it with an inclusive replay and drops what it already saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import ipaddress
+import logging
+import random
+import signal
+import ssl as ssl_module
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+from websockets.exceptions import ConnectionClosed
+
+from ohip_stream._exceptions import (
+    ConfigurationError,
+    OhipError,
+    SubscriptionError,
+    TransportError,
+)
+from ohip_stream._logging import get_logger, install_redaction, register_secret
+from ohip_stream.checkpoints import Checkpoint, CheckpointStore, MemoryCheckpointStore
+from ohip_stream.connection import Connection
+from ohip_stream.guard import StreamGuard
+from ohip_stream.models import Event
+from ohip_stream.policy import (
+    Action,
+    ActionKind,
+    Failure,
+    FailureKind,
+    PolicyState,
+    UpgradeBudget,
+    classify_exception,
+    decide,
+)
+from ohip_stream.protocol import (
+    Complete,
+    ErrorMessage,
+    InvalidNext,
+    Next,
+    Ping,
+    State,
+    hash_app_key,
+    subscription_url,
+)
+from ohip_stream.query import SubscriptionDocument, build_subscription
+from ohip_stream.timings import Timings
+
+if TYPE_CHECKING:
+    from ohip_stream.auth import AccessToken, TokenProvider
+
+__all__ = ["EventStream", "InvalidHandler", "StreamStats"]
+
+_log = get_logger("ohip_stream.stream")
+
+InvalidHandler = Callable[[str, Exception], Awaitable[None] | None]
+"""A dead-letter callback: receives the raw frame and the validation error (sync or async)."""
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+@dataclass
+class StreamStats:
+    """Counters of a stream (read them while it runs, e.g. for metrics)."""
+
+    #: Events handed to the caller.
+    events: int = 0
+    #: Replayed events dropped (already delivered).
+    duplicates: int = 0
+    #: Events that did not fit the model (dead-lettered, skipped or raised).
+    invalid: int = 0
+    #: Events lost upstream, detected on resume (retention or the 24-hour resume limit).
+    gaps: int = 0
+    #: Reconnections by cause ("1006", "4409", "network", "rotation"...).
+    reconnects: dict[str, int] = field(default_factory=dict)
+    #: Planned rotations before the token expired.
+    rotations: int = 0
+    #: 4409 lockouts waited out.
+    lockouts: int = 0
+    #: Offset of the last event handed to the caller.
+    last_offset: str | None = None
+    #: Epoch time the current connection subscribed (None while disconnected).
+    connected_since: float | None = None
+
+    def count_reconnect(self, cause: str) -> None:
+        """Count one reconnection for ``cause``."""
+        self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
+
+
+class _Fatal:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Stop:
+    __slots__ = ()
+
+
+_STOP = _Stop()
+
+
+class _Retry(Exception):
+    """Internal: the connection ended; the policy says to connect again after ``action.delay``."""
+
+    def __init__(self, action: Action) -> None:
+        super().__init__(action.cause)
+        self.action = action
+
+
+class _Planned(Exception):
+    """Internal: the connection ended after our ``complete`` (rotation or stop)."""
+
+
+def stream_id_for(gateway_url: str, chain_code: str, app_key: str) -> str:
+    """A short non-reversible digest of (normalized gateway host, chain code, application key)."""
+    return _digest(_gateway_host(gateway_url), chain_code.strip().upper(), app_key.strip())
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def _gateway_host(gateway_url: str) -> str:
+    parts = urlsplit(gateway_url.strip())
+    host = (parts.hostname or "").lower()
+    default_port = {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parts.scheme)
+    port = parts.port
+    return host if port in (None, default_port) else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class EventStream:
+    """Consume one OHIP stream: ``async with EventStream(...) as stream: async for event in
+    stream``.
+
+    ``__aenter__`` validates the configuration and takes the one-consumer guard (no network
+    I/O); the first ``__anext__`` connects. Fatal errors come out of ``__anext__``. An event
+    counts as processed when the next one is asked for, when :meth:`commit` is called, or when
+    the block is left without an exception; only processed offsets are committed.
+    """
+
+    def __init__(
+        self,
+        *,
+        gateway_url: str,
+        app_key: str,
+        chain_code: str,
+        auth: TokenProvider,
+        checkpoints: CheckpointStore | None = None,
+        offset: str | None = None,
+        start_at_highest: bool = False,
+        delta: bool = False,
+        hotel_codes: Sequence[str] | str | None = None,
+        timings: Timings | None = None,
+        ssl: ssl_module.SSLContext | str | Path | None = None,
+        proxy: str | None = None,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        queue_size: int = 1000,
+        on_invalid: Literal["raise", "skip"] | InvalidHandler = "raise",
+        dedup_window: int | None = None,
+        commit_every: int = 100,
+        commit_interval: float = 1.0,
+        guard_scope: Literal["stream", "app_key"] = "stream",
+        lock_dir: str | Path | None = None,
+        standby: bool = False,
+        allow_insecure: bool = False,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._gateway_url = gateway_url
+        self._app_key = app_key
+        self._chain_code = chain_code
+        self._auth = auth
+        self._owned: list[Any] = []
+        self._checkpoints_given = checkpoints is not None
+        self._checkpoints: CheckpointStore = (
+            checkpoints if checkpoints is not None else MemoryCheckpointStore()
+        )
+        self._start_offset = offset
+        self._start_at_highest = start_at_highest
+        self._delta = delta
+        self._hotel_codes = hotel_codes
+        self.timings = timings if timings is not None else Timings()
+        self._ssl_option = ssl
+        self._proxy = proxy
+        self._max_message_size = max_message_size
+        self._queue_size = queue_size
+        self._on_invalid = on_invalid
+        self._dedup_window = dedup_window
+        self._commit_every = commit_every
+        self._commit_interval = commit_interval
+        self._guard_scope = guard_scope
+        self._lock_dir = lock_dir
+        self._standby = standby
+        self._allow_insecure = allow_insecure
+        self._clock = clock or time.time
+        self._sleep = sleep or asyncio.sleep
+        self._rng = rng or random.Random()
+        register_secret(app_key, hash_app_key(app_key) if app_key else None)
+        install_redaction()
+
+        self.stats = StreamStats()
+        self.stream_id = stream_id_for(gateway_url, chain_code, app_key) if app_key else ""
+        self._guard: StreamGuard | None = None
+        self._entered = False
+        self._closed = False
+        self._stop_requested = False
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(max(1, queue_size))
+        self._conn: Connection | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._ssl_context: ssl_module.SSLContext | None = None
+        self._url = ""
+        self._completing = False
+        self._liveness_lost = False
+        self._waiting_since: float | None = None
+        # Resume and de-duplication (protocol §6).
+        self._last_seen = -1  # highest offset received into the pipeline (int)
+        self._last_seen_offset: str | None = None
+        self._seen_ids: dict[str, None] = {}
+        self._window = 0
+        self._asked_offset: int | None = None
+        self._first_start = True
+        # Processing and commits.
+        self._handed_offset: str | None = None
+        self._handed_uid: str | None = None
+        self._has_handed = False
+        self._checkpoint = Checkpoint()
+        self._dirty = 0
+        self._last_commit = 0.0
+        self._commit_lock = asyncio.Lock()
+        # Policy counters.
+        self._attempt = 0
+        self._auth_failures = 0
+        self._lockouts = 0
+        self._same_offset_failures = 0
+        self._failure_offset: int | None = None
+        self._budget: UpgradeBudget | None = None
+        self._signals: list[int] = []
+
+    # --- construction from the environment ----------------------------------------------------
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> EventStream:
+        """An ``EventStream`` configured from ``OHIP_*`` variables (and a ``.env`` file).
+
+        The token provider and the checkpoint store it creates are owned by the stream and
+        closed with it. Keyword arguments override what the environment says.
+        """
+        from ohip_stream.settings import OhipSettings
+
+        settings = OhipSettings.load()
+        return settings.event_stream(**overrides)
+
+    def _adopt(self, *resources: Any) -> None:
+        """Resources created for the stream (by ``from_env``) that it closes when it closes."""
+        self._owned.extend(resources)
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        if not isinstance(self._app_key, str) or not self._app_key.strip():
+            raise ConfigurationError("app_key is required: the application key from the portal")
+        if not isinstance(self._chain_code, str) or not self._chain_code.strip():
+            raise ConfigurationError("chain_code is required: the OPERA chain code")
+        if self._auth is None or not hasattr(self._auth, "get_token"):
+            raise ConfigurationError(
+                "auth must be a token provider such as OAuthClientCredentials or StaticToken"
+            )
+        if self._start_offset is not None and self._start_at_highest:
+            raise ConfigurationError(
+                "offset and start_at_highest are mutually exclusive: replay from an offset, or "
+                "start at the newest event"
+            )
+        if self._queue_size < 1:
+            raise ConfigurationError(f"queue_size must be at least 1, got {self._queue_size}")
+        if self._commit_every < 1:
+            raise ConfigurationError(f"commit_every must be at least 1, got {self._commit_every}")
+        if not self._commit_interval > 0:
+            raise ConfigurationError(
+                f"commit_interval must be a positive number of seconds, got {self._commit_interval}"
+            )
+        if self._max_message_size is not None and self._max_message_size < 1024:
+            raise ConfigurationError(
+                "max_message_size must be at least 1024 bytes or None, got "
+                f"{self._max_message_size}"
+            )
+        if self._guard_scope not in ("stream", "app_key"):
+            raise ConfigurationError(
+                f"guard_scope must be 'stream' or 'app_key', got {self._guard_scope!r}"
+            )
+        if not (self._on_invalid in ("raise", "skip") or callable(self._on_invalid)):
+            raise ConfigurationError("on_invalid must be 'raise', 'skip' or a callback(raw, error)")
+        if self._dedup_window is not None and self._dedup_window < self._queue_size:
+            raise ConfigurationError(
+                f"dedup_window ({self._dedup_window}) must be at least queue_size "
+                f"({self._queue_size})"
+            )
+        if not isinstance(self.timings, Timings):
+            raise ConfigurationError("timings must be a Timings instance")
+        self._url = subscription_url(self._gateway_url, self._app_key)
+        scheme = urlsplit(self._url).scheme
+        host = urlsplit(self._url).hostname or ""
+        if scheme == "ws" and not _is_loopback(host) and not self._allow_insecure:
+            raise ConfigurationError(
+                f"gateway_url uses plain http for {host}: tokens and events would cross the "
+                "network unencrypted. Use https, or pass allow_insecure=True for a test gateway"
+            )
+        # Every input rule is checked here, before any I/O (protocol §2).
+        self._document(self._start_offset, self._start_at_highest)
+        self._ssl_context = self._make_ssl_context()
+        self._window = self._dedup_window or max(self._queue_size * 2, 10_000)
+        self._budget = UpgradeBudget(*self.timings.upgrade_budget)
+
+    def _make_ssl_context(self) -> ssl_module.SSLContext | None:
+        option = self._ssl_option
+        if option is None or isinstance(option, ssl_module.SSLContext):
+            return option
+        path = Path(option)
+        if not path.is_file():
+            raise ConfigurationError(f"ssl CA file {path} does not exist: pass a PEM file path")
+        try:
+            return ssl_module.create_default_context(cafile=str(path))
+        except (ssl_module.SSLError, OSError) as exc:
+            raise ConfigurationError(f"cannot load the CA file {path}: {exc}") from exc
+
+    def _document(self, offset: str | None, highest: bool) -> SubscriptionDocument:
+        return build_subscription(
+            self._chain_code,
+            offset=offset,
+            offset_type="highest" if highest else None,
+            delta=self._delta,
+            hotel_codes=self._hotel_codes,
+        )
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> EventStream:
+        if self._entered:
+            raise ConfigurationError("this EventStream was already entered; make a new one")
+        self._validate()
+        key = self.stream_id if self._guard_scope == "stream" else _digest(self._app_key.strip())
+        scope = f"stream {self.stream_id} (chain {self._chain_code})"
+        if self._guard_scope == "app_key":
+            scope = f"application key {key}"
+        guard = StreamGuard(key, lock_dir=self._lock_dir, description=scope)
+        guard.acquire()
+        self._guard = guard
+        self._entered = True
+        if not self._checkpoints_given:
+            _log.warning(
+                "stream %s has no checkpoint store: processed offsets are kept in memory and a "
+                "restart will not resume (pass checkpoints=SQLiteCheckpointStore(path))",
+                self.stream_id,
+            )
+        _log.info("stream %s ready (chain %s)", self.stream_id, self._chain_code)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A clean exit (break included) commits the last event handed out; an exception leaving
+        # the block does not, so that event comes again next time.
+        await self._close(commit_handed=exc_type is None)
+
+    async def aclose(self) -> None:
+        """Complete, drain, commit and release the stream, as leaving the block does."""
+        await self._close(commit_handed=True)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._has_handed:
+            self._has_handed = False
+            await self._processed(self._handed_offset, self._handed_uid)
+        if self._stop_requested or self._closed:
+            raise StopAsyncIteration
+        if self._fatal is not None:
+            raise self._fatal
+        if self._task is None:
+            self._start()
+        queue = self._queue
+        while True:
+            item = queue.get_nowait() if queue.qsize() else await queue.get()
+            if type(item) is Event:
+                metadata = item.metadata
+                self._handed_offset = metadata.offset
+                self._handed_uid = metadata.unique_event_id
+                self._has_handed = True
+                stats = self.stats
+                stats.events += 1
+                stats.last_offset = metadata.offset
+                return item
+            if isinstance(item, InvalidNext):
+                await self._invalid(item)
+                continue
+            if isinstance(item, _Fatal):
+                self._fatal = item.error
+                raise item.error
+            if item is _STOP:
+                raise StopAsyncIteration
+
+    async def _invalid(self, item: InvalidNext) -> None:
+        self.stats.invalid += 1
+        handler = self._on_invalid
+        if handler == "raise":
+            # The stream stays usable: the next __anext__ marks this event processed.
+            self._handed_offset = item.offset
+            self._handed_uid = None
+            self._has_handed = True
+            raise item.error
+        if handler == "skip":
+            _log.warning("skipped an invalid event: %s", item.error)
+        else:
+            result = handler(item.raw, item.error)
+            if inspect.isawaitable(result):
+                await result
+        await self._processed(item.offset, None)
+
+    def _start(self) -> None:
+        if not self._entered:
+            raise ConfigurationError("use the stream inside 'async with EventStream(...)'")
+        self._task = asyncio.create_task(self._run(), name=f"ohip-stream-{self.stream_id}")
+
+    def request_stop(self) -> None:
+        """Ask the iteration to end (thread-unsafe; call from the loop): ``async for`` ends at
+        the next event, and leaving the block completes, drains and commits."""
+        self._stop_requested = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_STOP)
+
+    def install_signal_handlers(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Stop gracefully on SIGTERM/SIGINT (complete, drain, commit). Unix only."""
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+                self._signals.append(sig)
+
+    async def commit(self) -> None:
+        """Count the event handed out last as processed and write the checkpoint now."""
+        if self._has_handed:
+            self._has_handed = False
+            self._note_processed(self._handed_offset, self._handed_uid)
+        await self._commit(force=True)
+
+    async def _close(self, *, commit_handed: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_requested = True
+        try:
+            if commit_handed and self._has_handed:
+                self._has_handed = False
+                self._note_processed(self._handed_offset, self._handed_uid)
+            await self._stop_pump()
+            if self._dirty or self._checkpoint.completed_at is not None:
+                await self._commit(force=True)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
+                loop.remove_signal_handler(sig)
+            if self._guard is not None:
+                self._guard.release()
+            for resource in reversed(self._owned):
+                with contextlib.suppress(Exception):
+                    closer = getattr(resource, "aclose", None)
+                    if closer is not None:
+                        await closer()
+            _log.info("stream %s closed", self.stream_id)
+
+    async def _stop_pump(self) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        conn = self._conn
+        if conn is not None and conn.protocol.state is State.SUBSCRIBED:
+            self._stopping = True
+            # Events not handed out yet are not processed: they come again next time.
+            while self._queue.qsize():
+                self._queue.get_nowait()
+            try:
+                await self._begin_complete(conn, "stop")
+                await asyncio.wait_for(asyncio.shield(task), self.timings.drain_timeout + 5)
+            except (asyncio.TimeoutError, TimeoutError, OhipError, ConnectionClosed, OSError):
+                pass
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    # --- processing and commits ---------------------------------------------------------------
+
+    def _note_processed(self, offset: str | None, uid: str | None) -> None:
+        if offset is None:
+            return
+        self._checkpoint = Checkpoint(
+            offset, uid, self._checkpoint.completed_at, self._checkpoint.updated_at
+        )
+        self._dirty += 1
+
+    async def _processed(self, offset: str | None, uid: str | None) -> None:
+        self._note_processed(offset, uid)
+        if self._dirty >= self._commit_every or (
+            self._dirty and time.monotonic() - self._last_commit >= self._commit_interval
+        ):
+            await self._commit()
+
+    async def _commit(self, *, force: bool = False) -> None:
+        async with self._commit_lock:
+            if not self._dirty and not force:
+                return
+            checkpoint = Checkpoint(
+                self._checkpoint.offset,
+                self._checkpoint.unique_event_id,
+                self._checkpoint.completed_at,
+                self._clock(),
+            )
+            dirty = self._dirty
+            self._dirty = 0
+            self._last_commit = time.monotonic()
+            try:
+                await self._checkpoints.save(self.stream_id, checkpoint)
+            except BaseException:
+                self._dirty += dirty
+                raise
+            self._checkpoint = checkpoint
+
+    # --- the pump: connections, one after another ---------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._load_checkpoint()
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(_Retry),
+                wait=_action_delay,
+                sleep=self._sleep,
+                stop=stop_never,
+                before_sleep=self._before_retry,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    while not self._stopping:
+                        await self._session()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # delivered to the caller from __anext__
+            error = exc
+            if not isinstance(exc, OhipError):
+                error = TransportError(f"the stream failed unexpectedly: {exc!r}")
+                error.__cause__ = exc
+            _log.error("stream %s stopped: %s", self.stream_id, error)
+            await self._queue.put(_Fatal(error))
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, _Retry):
+            action = error.action
+            self.stats.count_reconnect(action.cause)
+            level = logging.WARNING if action.kind is ActionKind.LOCKOUT else logging.INFO
+            _log.log(
+                level,
+                "stream %s: reconnecting in %.3g s (%s, %s)",
+                self.stream_id,
+                action.delay,
+                action.cause,
+                action.kind.value,
+            )
+
+    async def _load_checkpoint(self) -> None:
+        checkpoint = await self._checkpoints.load(self.stream_id)
+        if checkpoint is None:
+            return
+        self._checkpoint = checkpoint
+        if checkpoint.offset is not None and checkpoint.offset.isdigit():
+            # Everything at or below the checkpoint was processed: a replay of it is dropped.
+            self._last_seen = int(checkpoint.offset)
+            self._last_seen_offset = checkpoint.offset
+        if checkpoint.unique_event_id:
+            self._seen_ids[checkpoint.unique_event_id] = None
+        _log.info(
+            "stream %s resumes after offset %s", self.stream_id, checkpoint.offset or "(none)"
+        )
+
+    def _resume_document(self) -> SubscriptionDocument:
+        # An explicit start applies until the stream has seen an event; then the last offset
+        # seen is sent again (inclusive replay, protocol §6: safe whether or not the server
+        # replays inclusively, as the replayed event is dropped as a duplicate).
+        if self._first_start and self._start_offset is not None:
+            self._asked_offset = int(self._start_offset)
+            return self._document(self._start_offset, False)
+        if self._last_seen_offset is not None:
+            self._asked_offset = self._last_seen
+            return self._document(self._last_seen_offset, False)
+        self._asked_offset = None
+        return self._document(None, self._first_start and self._start_at_highest)
+
+    async def _wait_gap(self) -> None:
+        # Protocol §4: at least complete_gap between the end of a completed connection and the
+        # next subscribe, across restarts too (completed_at is kept with the checkpoint).
+        completed_at = self._checkpoint.completed_at
+        if completed_at is None:
+            return
+        rest = self.timings.complete_gap - (self._clock() - completed_at)
+        if rest > 0:
+            _log.info("stream %s: waiting %.3g s, the gap after complete", self.stream_id, rest)
+            await self._sleep(rest)
+
+    async def _wait_budget(self) -> None:
+        budget = self._budget
+        assert budget is not None
+        wait = budget.wait_time(time.monotonic())
+        if wait > 0:
+            _log.warning(
+                "stream %s: %d upgrades in the last %g s; waiting %.3g s to stay under the "
+                "gateway's limit",
+                self.stream_id,
+                len(budget),
+                self.timings.upgrade_budget[1],
+                wait,
+            )
+            await self._sleep(wait)
+        budget.record(time.monotonic())
+
+    async def _session(self) -> None:
+        """One connection, from the upgrade to its close; raises ``_Retry`` to reconnect."""
+        await self._wait_gap()
+        await self._wait_budget()
+        token: AccessToken | None = None
+        conn: Connection | None = None
+        try:
+            token = await self._auth.get_token()
+            register_secret(token.value)
+            conn = Connection(
+                self._url,
+                token=token.value,
+                app_key=self._app_key,
+                enterprise_id=getattr(self._auth, "enterprise_id", None),
+                ssl=self._ssl_context,
+                proxy=self._proxy,
+                max_message_size=self._max_message_size,
+                open_timeout=max(self.timings.init_timeout * 2, 10.0),
+                init_timeout=self.timings.init_timeout,
+            )
+            self._conn = conn
+            await conn.open()
+            if self._standby:
+                await self._wait_standby(conn)
+            document = self._resume_document()
+            self._completing = False
+            self._liveness_lost = False
+            await conn.subscribe(document.payload())
+            self.stats.connected_since = self._clock()
+            _log.info(
+                "stream %s subscribed (from offset %s)",
+                self.stream_id,
+                document.input.get("offset", document.input.get("offsetType", "server position")),
+            )
+            self._keeper = asyncio.create_task(self._keep(conn, token))
+            await self._read(conn)
+        except _Planned:
+            await self._after_planned_close(token)
+        except asyncio.CancelledError:
+            raise
+        except _Retry:
+            raise
+        except OhipError as exc:
+            if not exc.retriable:
+                raise
+            self._fail(exc, token)
+        except Exception as exc:
+            self._fail(exc, token)
+        finally:
+            self.stats.connected_since = None
+            keeper, self._keeper = self._keeper, None
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await keeper
+            if conn is not None:
+                await _quietly(conn.abort())
+            self._conn = None
+
+    def _fail(self, exc: BaseException, token: AccessToken | None) -> None:
+        failure = classify_exception(exc)
+        if self._liveness_lost:
+            failure = Failure(FailureKind.LIVENESS, reason="no pong and no event in time")
+        if failure.kind in (FailureKind.MALFORMED,) or (
+            failure.kind is FailureKind.CLOSE and failure.code == 1009
+        ):
+            if self._failure_offset == self._last_seen:
+                self._same_offset_failures += 1
+            else:
+                self._failure_offset = self._last_seen
+                self._same_offset_failures = 1
+        is_auth = (failure.kind is FailureKind.CLOSE and failure.code == 4401) or (
+            failure.kind is FailureKind.HTTP and failure.code == 401
+        )
+        self._auth_failures = self._auth_failures + 1 if is_auth else 0
+        self._attempt += 1
+        completed_at = self._checkpoint.completed_at
+        state = PolicyState(
+            attempt=self._attempt,
+            auth_failures=self._auth_failures,
+            lockouts=self._lockouts,
+            same_offset_failures=self._same_offset_failures,
+            since_complete=None if completed_at is None else self._clock() - completed_at,
+        )
+        action = decide(failure, state, self.timings, self._rng)
+        if action.kind is ActionKind.FATAL:
+            assert action.error is not None
+            raise action.error from (exc if isinstance(exc, Exception) else None)
+        if action.kind is ActionKind.LOCKOUT:
+            self._lockouts += 1
+            self.stats.lockouts += 1
+            _log.warning(
+                "stream %s: another consumer holds the stream (4409); waiting %.3g s",
+                self.stream_id,
+                action.delay,
+            )
+        if action.kind is ActionKind.REFRESH_TOKEN and token is not None:
+            self._auth.invalidate(token)
+        raise _Retry(action) from None
+
+    async def _after_planned_close(self, token: AccessToken | None) -> None:
+        # The server closed after our complete (or we did, after drain_timeout): the stream is
+        # completed; the gap before the next subscribe counts from now (protocol §4).
+        self._checkpoint = Checkpoint(
+            self._checkpoint.offset,
+            self._checkpoint.unique_event_id,
+            self._clock(),
+            self._checkpoint.updated_at,
+        )
+        await self._commit(force=True)
+        if self._stopping:
+            return
+        self.stats.rotations += 1
+        self.stats.count_reconnect("rotation")
+        if token is not None:
+            self._auth.invalidate(token)
+        _log.info("stream %s rotated its connection before the token expired", self.stream_id)
+
+    async def _wait_standby(self, conn: Connection) -> None:
+        while True:
+            status = await conn.query_status(self.timings.init_timeout)
+            if status.casefold() != "active":
+                return
+            _log.info(
+                "stream %s: another consumer is active; standing by for %.3g s",
+                self.stream_id,
+                self.timings.complete_gap,
+            )
+            waited = 0.0
+            while waited < self.timings.complete_gap:
+                step = min(self.timings.ping_interval, self.timings.complete_gap - waited)
+                await asyncio.sleep(step)
+                waited += step
+                await conn.send_ping()
+
+    async def _read(self, conn: Connection) -> None:
+        """The hot path: frames -> events -> de-duplication -> the bounded queue."""
+        ws = conn.ws
+        assert ws is not None
+        proto = conn.protocol
+        receive = proto.receive
+        recv = ws.recv
+        queue = self._queue
+        stats = self.stats
+        seen = self._seen_ids
+        window = self._window
+        monotonic = time.monotonic
+        first = True
+        while True:
+            self._waiting_since = monotonic()
+            try:
+                frame = await recv()
+            except ConnectionClosed:
+                self._waiting_since = None
+                if self._completing:
+                    raise _Planned() from None
+                raise
+            self._waiting_since = None
+            item = receive(frame)
+            if type(item) is Next:
+                event = item.event
+                metadata = event.metadata
+                offset = metadata.offset
+                try:
+                    number = int(offset)
+                except ValueError:
+                    number = -1
+                if first:
+                    first = False
+                    self._first_event(number)
+                if 0 <= number <= self._last_seen:
+                    stats.duplicates += 1
+                    continue
+                uid = metadata.unique_event_id
+                if uid in seen:
+                    stats.duplicates += 1
+                    continue
+                seen[uid] = None
+                if len(seen) > window:
+                    del seen[next(iter(seen))]
+                if number >= 0:
+                    self._last_seen = number
+                    self._last_seen_offset = offset
+                if self._stopping:
+                    continue
+                if queue.full():
+                    await queue.put(event)
+                else:
+                    queue.put_nowait(event)
+            elif type(item) is InvalidNext:
+                if first:
+                    first = False
+                    self._first_event(-1)
+                bad_offset = item.offset
+                if bad_offset is not None and bad_offset.isdigit():
+                    if int(bad_offset) <= self._last_seen:
+                        stats.duplicates += 1
+                        continue
+                    self._last_seen = int(bad_offset)
+                    self._last_seen_offset = bad_offset
+                if not self._stopping:
+                    await queue.put(item)
+            elif type(item) is Ping:
+                await conn.flush()
+            elif type(item) is ErrorMessage:
+                raise SubscriptionError(
+                    f"the gateway refused the subscription: {item.message}", reason=item.message
+                )
+            elif type(item) is Complete and not self._completing:
+                # The server ended the subscription; the close that follows is handled above.
+                _log.info("stream %s: the server completed the subscription", self.stream_id)
+
+    def _first_event(self, number: int) -> None:
+        # Progress: the policy counts consecutive failures without an event in between.
+        self._first_start = False
+        self._attempt = 0
+        self._auth_failures = 0
+        self._lockouts = 0
+        asked = self._asked_offset
+        if asked is None or number < 0 or self._hotel_codes:
+            return
+        # Protocol §6: the first event after a resume must be the offset asked for (or the one
+        # after it); anything beyond means events were lost upstream.
+        if number > asked + 1:
+            lost = number - asked - 1
+            self.stats.gaps += lost
+            _log.warning(
+                "stream %s: %d event(s) lost upstream: asked to resume at offset %d, the first "
+                "event was %d (retention or the 24-hour resume limit)",
+                self.stream_id,
+                lost,
+                asked,
+                number,
+            )
+
+    async def _begin_complete(self, conn: Connection, why: str) -> None:
+        if self._completing or conn.protocol.state is not State.SUBSCRIBED:
+            return
+        self._completing = True
+        _log.info("stream %s: completing the subscription (%s)", self.stream_id, why)
+        await conn.complete()
+
+    def _rotation_deadline(self, token: AccessToken) -> float | None:
+        expires_at = token.expires_at
+        if expires_at is None:
+            return None  # a token without expiry never forces a rotation
+        margin = float(getattr(self._auth, "margin", 0.0))
+        lifetime = expires_at - token.issued_at
+        if lifetime > 0:
+            margin = min(margin, lifetime / 2)
+        return min(token.issued_at + self.timings.rotate_after, expires_at - margin)
+
+    async def _keep(self, conn: Connection, token: AccessToken) -> None:
+        """Per connection: ping every ping_interval, watch liveness, rotate before expiry."""
+        timings = self.timings
+        deadline = self._rotation_deadline(token)
+        low_water = max(1, self._queue_size // 2)
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + timings.ping_interval
+        drain_until: float | None = None
+        while True:
+            wake = next_ping
+            if deadline is not None and not self._completing:
+                wake = min(wake, loop.time() + max(0.0, deadline - self._clock()))
+            if drain_until is not None:
+                wake = min(wake, drain_until)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            now = loop.time()
+            if now >= next_ping:
+                next_ping = now + timings.ping_interval
+                await conn.send_ping()
+            waiting_since = self._waiting_since
+            if waiting_since is not None:
+                silent = now - max(conn.protocol.last_alive, waiting_since)
+                if silent > timings.liveness_timeout:
+                    _log.warning(
+                        "stream %s: no pong and no event for %.3g s; dropping the connection",
+                        self.stream_id,
+                        silent,
+                    )
+                    self._liveness_lost = True
+                    await conn.abort()
+                    return
+            if (
+                deadline is not None
+                and not self._completing
+                and self._clock() >= deadline
+                and self._queue.qsize() < low_water
+            ):
+                await self._begin_complete(conn, "rotation before the token expires")
+            if self._completing and drain_until is None:
+                drain_until = now + timings.drain_timeout
+            elif drain_until is not None and now >= drain_until:
+                _log.warning(
+                    "stream %s: the server did not close within %.3g s of complete; closing "
+                    "with 1000",
+                    self.stream_id,
+                    timings.drain_timeout,
+                )
+                await conn.close(1000, "completed")
+                return
+
+    def __repr__(self) -> str:
+        return (
+            f"EventStream(stream_id={self.stream_id!r}, chain_code={self._chain_code!r}, "
+            f"gateway={_gateway_host(self._gateway_url)!r})"
+        )
+
+
+def _action_delay(state: RetryCallState) -> float:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    return error.action.delay if isinstance(error, _Retry) else 0.0
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    with contextlib.suppress(Exception):
+        await awaitable

@@ -16,7 +16,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -94,7 +94,9 @@ class Event(BaseModel):
     publisher_id: str | None = None
     action_instance_id: str | None = None
     # The schema allows null items in the list ([EventDetail]!); they are kept as they came.
-    detail: tuple[EventDetail | None, ...] = ()
+    # Not strict: the wire's list (a decoded frame, ``model_dump(mode="json")``) becomes a tuple;
+    # each item stays strict.
+    detail: tuple[EventDetail | None, ...] = Field(default=(), strict=False)
 
     @property
     def offset(self) -> str:

@@ -64,12 +64,17 @@ def subscription_url(gateway_url: str, app_key: str) -> str:
     ``https`` becomes ``wss`` and ``http`` becomes ``ws`` (protocol §1); a path prefix of the
     gateway URL is kept. ``key`` is the only query parameter.
     """
-    parts = urlsplit(gateway_url.strip())
     schemes = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
-    if parts.scheme not in schemes or not parts.hostname:
+    try:
+        parts = urlsplit(gateway_url.strip())
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in schemes or not parts.hostname:
         raise ConfigurationError(
             "gateway_url must be the environment's gateway URL, like "
-            "'https://<gateway host>'; got a URL without an http(s) scheme or host"
+            "'https://<gateway host>'; got an invalid URL, or one without an http(s) scheme "
+            "or host"
         )
     path = parts.path.rstrip("/") + "/subscriptions"
     query = "key=" + hash_app_key(app_key)
@@ -221,6 +226,8 @@ class ClientProtocol:
         """The ``subscribe`` frame of the one subscription this connection may carry."""
         if self.state in (State.OPEN, State.INIT_SENT):
             raise ProtocolError("cannot subscribe before the server sent connection_ack")
+        if self.state is State.CLOSED:
+            raise ProtocolError("cannot subscribe: the connection is closed")
         if self.state is not State.ACKNOWLEDGED:
             raise ProtocolError(
                 "OHIP allows one subscription per connection; this connection already had one"
@@ -316,9 +323,11 @@ class ClientProtocol:
         return ConnectionAck(_payload(message, text))
 
     def _on_ping(self, message: dict[str, Any], text: str) -> ProtocolEvent:
-        # graphql-transport-ws: answer every ping with a pong at once.
+        # graphql-transport-ws: answer every ping with a pong at once (a malformed one raises
+        # first and gets no pong).
+        payload = _payload(message, text)
         self._outgoing.append(_PONG)
-        return Ping(_payload(message, text))
+        return Ping(payload)
 
     def _on_pong(self, message: dict[str, Any], text: str) -> ProtocolEvent:
         self.last_alive = self.clock()

@@ -1,0 +1,457 @@
+"""``ohip-stream demo``: a local gateway, a realistic stream with a rotation and a drop, a live
+view of the events, and a summary checked against the gateway's log.
+
+Everything runs in this process: the emulator in its own thread, the consumer on the main
+loop. Timings are compressed (a token rotation every few seconds instead of 50 minutes) and the
+screen says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
+
+from ohip_stream._cli_common import (
+    format_reconnects,
+    one_line,
+    require_emulator_extra,
+    setup_logging,
+    write_line,
+)
+from ohip_stream._exceptions import ConfigurationError
+from ohip_stream.auth import OAuthClientCredentials
+from ohip_stream.checkpoints import MemoryCheckpointStore
+from ohip_stream.models import Event
+from ohip_stream.stream import EventStream
+from ohip_stream.timings import Timings
+
+__all__ = ["DemoOptions", "run_demo"]
+
+HARD_CAP = 60.0  # seconds: the demo never runs longer than this (default run)
+EMULATOR_COMPLETE_GAP = 0.5
+AUTH_MARGIN = 1.0
+
+_MODULE_STYLES = {
+    "RESERVATION": "bright_cyan",
+    "PROFILE": "bright_magenta",
+    "HOUSEKEEPING": "bright_green",
+    "BLOCK": "bright_yellow",
+    "CASHIERING": "bright_blue",
+}
+
+
+@dataclass
+class DemoOptions:
+    events: int = 200
+    seconds: float = 20.0
+    json: bool = False
+    verbose: bool = False
+    seed: int = 0
+
+
+@dataclass
+class DemoPlan:
+    """The compressed timings of one run, derived from its length."""
+
+    seconds: float
+    rotate_after: float
+    token_ttl: float
+    drop_at: float
+    cap: float
+    timings: Timings
+
+    @classmethod
+    def for_run(cls, seconds: float) -> DemoPlan:
+        # One rotation: the first token rotates a little after half-way; the second one would
+        # rotate after the stream has ended.
+        rotate_after = max(1.0, 0.6 * seconds)
+        timings = Timings(
+            ping_interval=1.0,
+            rotate_after=rotate_after,
+            complete_gap=EMULATOR_COMPLETE_GAP + 0.1,
+            lockout=1.0,
+            drop_wait=0.5,
+            backoff_min=0.1,
+            backoff_max=1.0,
+            liveness_timeout=5.0,
+            drain_timeout=3.0,
+            init_timeout=3.0,
+        )
+        return cls(
+            seconds=seconds,
+            rotate_after=rotate_after,
+            token_ttl=rotate_after + 3.0,
+            drop_at=0.3 * seconds,
+            cap=max(HARD_CAP, seconds * 1.5 + 15.0),
+            timings=timings,
+        )
+
+    def compressed_note(self) -> str:
+        t = self.timings
+        return (
+            f"Timings are compressed for the demo: token lifetime {self.token_ttl:g} s (Oracle: "
+            f"60 min), rotation every {self.rotate_after:g} s (50 min), gap after complete "
+            f"{t.complete_gap:g} s (10 s), wait after a drop {t.drop_wait:g} s (4 s), ping every "
+            f"{t.ping_interval:g} s (10 s)."
+        )
+
+
+@dataclass
+class _Run:
+    """What the demo saw."""
+
+    published: list[str] = field(default_factory=list)
+    received: dict[str, int] = field(default_factory=dict)
+    uids: dict[str, str] = field(default_factory=dict)
+    publishing_done: bool = False
+    dropped: bool = False
+    timed_out: bool = False
+    interrupted: bool = False
+
+
+def _changes(event: Event, limit: int = 3) -> Text:
+    text = Text()
+    changed = event.changed_elements()
+    for i, element in enumerate(changed[:limit]):
+        if i:
+            text.append(", ", style="dim")
+        text.append(element.element_name, style="bold")
+        old = element.old_text or ""
+        if old:
+            text.append(f" {old}", style="red")
+        text.append(" -> ", style="dim")
+        text.append(element.new_text or "''", style="green")
+    if len(changed) > limit:
+        text.append(f" (+{len(changed) - limit} more)", style="dim")
+    return text
+
+
+def _event_line(event: Event, width: int) -> Text:
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(time.strftime("%H:%M:%S"), style="dim")
+    line.append(f" {event.metadata.offset:>6} ", style="cyan")
+    module = event.module_name
+    line.append(f"{module:<12.12} ", style=_MODULE_STYLES.get(module, "white"))
+    line.append(f"{event.event_name:<20.20} ", style="bold")
+    line.append(f"{(event.hotel_id or 'chain'):<7.7} ", style="magenta")
+    line.append(f"{event.primary_key:<9.9}", style="dim")
+    changes = _changes(event)
+    if not changes:
+        changes = Text("(no change)", style="dim")
+    if width >= _INLINE_WIDTH:
+        line.append(" ")
+        line.append_text(changes)
+    else:
+        line.append("\n" + " " * 16)
+        line.append_text(changes)
+    return line
+
+
+# Below this many columns the changes go on a line of their own.
+_INLINE_WIDTH = 120
+
+_HEADER = Text(
+    f"{'time':<8} {'offset':>6} {'module':<12} {'event':<20} {'hotel':<7} {'key':<9} changes",
+    style="bold underline",
+    no_wrap=True,
+    overflow="ellipsis",
+)
+
+
+class _View:
+    """Where the demo writes: a Rich live view, or JSON lines."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json = json_mode
+        self.console = Console(highlight=False, soft_wrap=False)
+        self.errors = Console(stderr=True, highlight=False)
+        self.live: Live | None = None
+
+    def note(self, message: str, style: str = "yellow") -> None:
+        if self.json:
+            return
+        self.console.print(Text(message, style=style))
+
+    def log_record(self, record: logging.LogRecord) -> None:
+        if record.name == "ohip_stream.timings":
+            return  # the compressed timings are the point of the demo, and said on screen
+        text = Text(f"{record.levelname.lower()}: {one_line(record.getMessage())}", style="dim")
+        if self.json:
+            self.errors.print(text)
+        else:
+            self.console.print(text)
+
+
+def _footer(run: _Run, stream: EventStream, plan: DemoPlan, started: float, total: int) -> Panel:
+    stats = stream.stats
+    state = (
+        Text("connected", style="green")
+        if stats.connected_since is not None
+        else Text("reconnecting", style="yellow")
+    )
+    body = Text.assemble(
+        state,
+        f"  received {len(run.received)}/{len(run.published)} published (of {total})",
+        f"  reconnects {format_reconnects(stats.reconnects)}",
+        f"  rotations {stats.rotations}",
+        f"  duplicates dropped {stats.duplicates}",
+        f"  {time.monotonic() - started:4.1f} s / ~{plan.seconds:g} s",
+    )
+    return Panel(body, title="ohip-stream demo", border_style="dim")
+
+
+async def _demo(options: DemoOptions, view: _View) -> int:
+    from ohip_stream.testing import Emulator
+
+    started = time.monotonic()
+    plan = DemoPlan.for_run(options.seconds)
+    run = _Run()
+    loop = asyncio.get_running_loop()
+
+    async with Emulator(
+        token_ttl=plan.token_ttl,
+        complete_gap=EMULATOR_COMPLETE_GAP,
+        init_timeout=5.0,
+        idle_timeout=30.0,
+        server_ping_interval=2.0,
+        seed=options.seed,
+    ) as emu:
+        auth = OAuthClientCredentials(
+            gateway_url=emu.gateway_url,
+            client_id=emu.client_id,
+            client_secret=emu.client_secret,
+            app_key=emu.app_key,
+            enterprise_id=emu.enterprise_id,
+            margin=AUTH_MARGIN,
+        )
+        stream = EventStream(
+            gateway_url=emu.gateway_url,
+            app_key=emu.app_key,
+            chain_code=emu.chain_code,
+            auth=auth,
+            checkpoints=MemoryCheckpointStore(),
+            timings=plan.timings,
+        )
+        if not view.json:
+            view.console.print(
+                Panel(
+                    Text.assemble(
+                        (f"A local OHIP gateway (the emulator) at {emu.gateway_url}, chain ", ""),
+                        (emu.chain_code, "bold"),
+                        f": {options.events} events over about {options.seconds:g} s, with one "
+                        "token rotation and one dropped connection on the way.\n",
+                        (plan.compressed_note(), "yellow"),
+                    ),
+                    title="ohip-stream demo",
+                    border_style="cyan",
+                )
+            )
+            view.console.print(_HEADER, no_wrap=True, overflow="ellipsis")
+
+        async def publish() -> None:
+            interval = options.seconds / options.events
+            begin = loop.time()
+            sent = 0
+            while sent < options.events or not run.dropped:
+                elapsed = loop.time() - begin
+                due = min(options.events, int(elapsed / interval) + 1)
+                if due > sent:
+                    run.published.extend(await emu.publish(count=due - sent))
+                    sent = due
+                if (
+                    not run.dropped
+                    and elapsed >= plan.drop_at
+                    and stream.stats.connected_since is not None
+                ):
+                    view.note(
+                        "-- the gateway drops the connection (the client sees 1006, waits, and "
+                        "resumes from its last offset)"
+                    )
+                    await emu.drop()
+                    run.dropped = True
+                await asyncio.sleep(min(0.1, interval))
+            run.publishing_done = True
+
+        def interrupt() -> None:
+            run.interrupted = True
+            stream.request_stop()
+
+        async def watch() -> None:
+            rotations = 0
+            reconnects: dict[str, int] = {}
+            while True:
+                await asyncio.sleep(0.1)
+                stats = stream.stats
+                if stats.rotations != rotations:
+                    rotations = stats.rotations
+                    view.note(
+                        "-- token rotation: complete, drain, new token, resubscribe from the "
+                        "last offset",
+                        style="cyan",
+                    )
+                for cause, count in stats.reconnects.items():
+                    if cause != "rotation" and count != reconnects.get(cause, 0):
+                        view.note(f"-- reconnecting after {cause}", style="yellow")
+                reconnects = dict(stats.reconnects)
+                if view.live is not None:
+                    view.live.update(_footer(run, stream, plan, started, options.events))
+                if run.publishing_done and set(run.published) <= run.received.keys():
+                    stream.request_stop()
+                    return
+                if time.monotonic() - started > plan.cap:
+                    run.timed_out = True
+                    view.note(f"-- stopping: the demo's {plan.cap:g} s limit", style="red")
+                    stream.request_stop()
+                    return
+
+        handled: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, interrupt)
+                handled.append(sig)
+        live = (
+            Live(
+                _footer(run, stream, plan, started, options.events),
+                console=view.console,
+                refresh_per_second=8,
+                transient=True,
+            )
+            if not view.json
+            else None
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with auth, stream:
+                if live is not None:
+                    live.start()
+                    view.live = live
+                tasks = [asyncio.create_task(publish()), asyncio.create_task(watch())]
+                async for event in stream:
+                    offset = event.metadata.offset
+                    run.received[offset] = run.received.get(offset, 0) + 1
+                    run.uids[offset] = event.metadata.unique_event_id
+                    if view.json:
+                        write_line(
+                            json.dumps(
+                                event.model_dump(by_alias=True, mode="json"),
+                                separators=(",", ":"),
+                            )
+                        )
+                    else:
+                        view.console.print(
+                            _event_line(event, view.console.width),
+                            no_wrap=True,
+                            overflow="ellipsis",
+                        )
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if live is not None:
+                view.live = None
+                live.stop()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+        log = emu.events()
+        summary = _summary(run, stream, log, emu, time.monotonic() - started)
+    _show_summary(view, summary)
+    if run.interrupted:
+        return 130
+    return 1 if summary["lost"] else 0
+
+
+def _summary(
+    run: _Run, stream: EventStream, log: list[dict[str, Any]], emu: Any, elapsed: float
+) -> dict[str, Any]:
+    log_uids = {str(e["metadata"]["offset"]): str(e["metadata"]["uniqueEventId"]) for e in log}
+    published = set(log_uids) | set(run.published)
+    received = set(run.received)
+    lost = sorted(published - received, key=lambda o: (len(o), o))
+    mismatched = sorted(
+        (o for o in received & set(log_uids) if run.uids.get(o) != log_uids[o]),
+        key=lambda o: (len(o), o),
+    )
+    stats = stream.stats
+    return {
+        "published": len(published),
+        "received": len(received),
+        "duplicates_dropped": stats.duplicates,
+        "delivered_twice": sum(count - 1 for count in run.received.values()),
+        "unknown": len(received - published),
+        "mismatched": len(mismatched),
+        "reconnects": dict(stats.reconnects),
+        "rotations": stats.rotations,
+        "connections": len(getattr(emu, "connections", ()) or ()),
+        "lost": len(lost),
+        "lost_offsets": lost[:50],
+        "seconds": round(elapsed, 1),
+        "timed_out": run.timed_out,
+        "interrupted": run.interrupted,
+    }
+
+
+def _show_summary(view: _View, summary: dict[str, Any]) -> None:
+    if view.json:
+        write_line(json.dumps({"summary": summary}, separators=(",", ":")))
+        return
+    ok = summary["lost"] == 0
+    rows: list[tuple[str, str, str]] = [
+        ("published", str(summary["published"]), "events in the emulator's log"),
+        ("received", str(summary["received"]), "distinct offsets handed to the consumer"),
+        (
+            "duplicates dropped",
+            str(summary["duplicates_dropped"]),
+            "replayed on resume and dropped by the stream",
+        ),
+        ("delivered twice", str(summary["delivered_twice"]), ""),
+        ("reconnects", format_reconnects(summary["reconnects"]), ""),
+        ("rotations", str(summary["rotations"]), "planned, before the token expired"),
+        ("connections", str(summary["connections"]), "upgrades the emulator recorded"),
+        ("lost", str(summary["lost"]), "published but never received"),
+        ("run time", f"{summary['seconds']:g} s", ""),
+    ]
+    lines: list[Text] = [Text("Summary, checked against the emulator's log", style="bold")]
+    for name, value, note in rows:
+        style = ("green" if ok else "bold red") if name == "lost" else ""
+        line = Text(f"  {name}: ")
+        line.append(value, style=style or "bold")
+        if note:
+            line.append(f"  ({note})", style="dim")
+        lines.append(line)
+    if summary["lost"]:
+        shown = ", ".join(summary["lost_offsets"])
+        lines.append(Text(f"  lost offsets: {shown}", style="red"))
+    if summary["timed_out"]:
+        lines.append(Text("  stopped by the time limit", style="red"))
+    view.console.print(Group(*lines))
+
+
+def run_demo(options: DemoOptions) -> int:
+    """``ohip-stream demo``."""
+    require_emulator_extra()
+    if options.events < 1:
+        raise ConfigurationError(f"--events must be at least 1, got {options.events}")
+    if not 0 < options.seconds <= 600:
+        raise ConfigurationError(
+            f"--seconds must be above 0 and at most 600, got {options.seconds}"
+        )
+    view = _View(options.json)
+    if options.verbose:
+        setup_logging(True, stream=sys.stderr)
+    else:
+        setup_logging(False, sink=view.log_record)
+    return asyncio.run(_demo(options, view))

@@ -784,21 +784,32 @@ class EventStream:
         _log.info("stream %s rotated its connection before the token expired", self.stream_id)
 
     async def _wait_standby(self, conn: Connection) -> None:
+        # Oracle's active/standby pattern (protocol §2): subscribe only once the status query
+        # says Inactive. When another consumer was seen active, it has just completed: keep
+        # the gap before subscribing (protocol §4), or the gateway answers 4409.
+        seen_active = False
         while True:
             status = await conn.query_status(self.timings.init_timeout)
             if status.casefold() != "active":
+                if seen_active:
+                    await self._idle(conn, self.timings.complete_gap)
                 return
+            seen_active = True
             _log.info(
                 "stream %s: another consumer is active; standing by for %.3g s",
                 self.stream_id,
                 self.timings.complete_gap,
             )
-            waited = 0.0
-            while waited < self.timings.complete_gap:
-                step = min(self.timings.ping_interval, self.timings.complete_gap - waited)
-                await asyncio.sleep(step)
-                waited += step
-                await conn.send_ping()
+            await self._idle(conn, self.timings.complete_gap)
+
+    async def _idle(self, conn: Connection, seconds: float) -> None:
+        """Wait on an open connection, pinging it every ping_interval (protocol §4)."""
+        waited = 0.0
+        while waited < seconds:
+            step = min(self.timings.ping_interval, seconds - waited)
+            await asyncio.sleep(step)
+            waited += step
+            await conn.send_ping()
 
     async def _read(self, conn: Connection) -> None:
         """The hot path: frames -> events -> de-duplication -> the bounded queue."""

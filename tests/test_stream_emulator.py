@@ -1,0 +1,439 @@
+"""EventStream against the emulator over real sockets, timings compressed (issue: EventStream)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from ohip_stream import (
+    AuthenticationError,
+    ConnectionRejectedError,
+    ConsumerAlreadyRunningError,
+    Event,
+    EventStream,
+    EventValidationError,
+    MemoryCheckpointStore,
+    OAuthClientCredentials,
+    SQLiteCheckpointStore,
+    StaticToken,
+    SubscriptionError,
+    Timings,
+)
+from ohip_stream.protocol import hash_app_key
+from ohip_stream.testing import Emulator
+
+GAP = 0.2
+TIMINGS = Timings(
+    ping_interval=0.1,
+    rotate_after=3000,
+    complete_gap=GAP,
+    lockout=0.3,
+    drop_wait=0.05,
+    backoff_min=0.02,
+    backoff_max=0.2,
+    liveness_timeout=2.0,
+    drain_timeout=1.0,
+    init_timeout=2.0,
+)
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    async with Emulator(complete_gap=GAP, server_ping_interval=0.2) as emulator:
+        yield emulator
+
+
+def auth_for(emu: Emulator, **kwargs: Any) -> OAuthClientCredentials:
+    return OAuthClientCredentials(
+        gateway_url=emu.gateway_url,
+        client_id=emu.client_id,
+        client_secret=emu.client_secret,
+        app_key=emu.app_key,
+        enterprise_id=emu.enterprise_id,
+        **kwargs,
+    )
+
+
+def stream_for(emu: Emulator, tmp_path: Path, **overrides: Any) -> EventStream:
+    values: dict[str, Any] = {
+        "gateway_url": emu.gateway_url,
+        "app_key": emu.app_key,
+        "chain_code": emu.chain_code,
+        "auth": auth_for(emu),
+        "timings": TIMINGS,
+        "lock_dir": tmp_path / "locks",
+        "checkpoints": MemoryCheckpointStore(),
+    }
+    values.update(overrides)
+    stream = EventStream(**values)
+    if "auth" not in overrides:
+        stream._adopt(values["auth"])  # closed with the stream
+    return stream
+
+
+async def take(stream: EventStream, count: int, timeout: float = 30.0) -> list[Event]:
+    events: list[Event] = []
+
+    async def run() -> None:
+        async for event in stream:
+            events.append(event)
+            if len(events) >= count:
+                break
+
+    await asyncio.wait_for(run(), timeout)
+    return events
+
+
+def offsets(events: list[Event]) -> list[int]:
+    return [int(e.metadata.offset) for e in events]
+
+
+async def test_every_offset_once_in_order_across_rotations_and_drops(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    total = 10_000
+    await emu.publish(count=total)
+    rng = random.Random(7)
+    drop_at = set(rng.sample(range(500, total - 500), 5))
+    timings = TIMINGS.model_copy(update={"rotate_after": 0.25})
+    seen: list[int] = []
+    async with stream_for(emu, tmp_path, timings=timings, queue_size=200) as stream:
+        async for event in stream:
+            seen.append(int(event.metadata.offset))
+            if len(seen) in drop_at:
+                await emu.drop()
+            if len(seen) % 1000 == 0:
+                # A consumer that pauses now and then lets the rotation deadline pass mid-stream.
+                await asyncio.sleep(0.3)
+            if len(seen) >= total:
+                break
+    assert seen == list(range(1, total + 1))
+    assert stream.stats.events == total
+    assert stream.stats.rotations >= 3
+    assert stream.stats.reconnects.get("1006", 0) >= 1
+    assert stream.stats.reconnects["rotation"] == stream.stats.rotations
+    assert stream.stats.gaps == 0
+    records = emu.connections
+    # Every rotation completed first and let the server close.
+    planned = [r for r in records if r.complete_before_close]
+    assert len(planned) >= stream.stats.rotations
+    assert all(r.closed_by in ("server", "abort") for r in planned)
+
+
+async def hold_stream(emu: Emulator) -> websockets.asyncio.client.ClientConnection:
+    """Another consumer of the stream: a plain client sending Oracle's documented messages."""
+    token = await emu.issue_token()
+    url = emu.gateway_url.replace("http", "ws") + "/subscriptions?key=" + hash_app_key(emu.app_key)
+    holder = await connect(url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")])
+    init = {"Authorization": f"Bearer {token}", "x-app-key": emu.app_key}
+    await holder.send(json.dumps({"type": "connection_init", "payload": init}))
+    assert json.loads(await holder.recv())["type"] == "connection_ack"
+    query = (
+        f'subscription {{ newEvent(input: {{chainCode: "{emu.chain_code}"}}) '
+        "{ metadata { offset uniqueEventId } primaryKey } }"
+    )
+    payload = {"query": query, "variables": {}}
+    await holder.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+    return holder
+
+
+async def release(holder: websockets.asyncio.client.ClientConnection, after: float) -> None:
+    await asyncio.sleep(after)
+    await holder.send(json.dumps({"id": "1", "type": "complete"}))
+    async for _ in holder:  # drain until the server closes
+        pass
+
+
+async def test_lockout_4409_is_waited_out_then_resumes(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=5)
+    holder = await hold_stream(emu)
+    releaser = asyncio.create_task(release(holder, 0.5))
+    # The holder consumed the stream's position: replay from the start explicitly.
+    async with stream_for(emu, tmp_path, offset="1") as stream:
+        events = await take(stream, 5)
+    await releaser
+    assert offsets(events) == [1, 2, 3, 4, 5]
+    assert stream.stats.lockouts >= 1
+    assert stream.stats.reconnects.get("4409", 0) >= 1
+    assert any(r.close_code == 4409 for r in emu.connections)
+
+
+async def test_one_4401_refreshes_the_token_once(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=3)
+    auth = auth_for(emu)
+    async with stream_for(emu, tmp_path, auth=auth) as stream:
+        first = await take(stream, 3)
+        await emu.expire_tokens()  # the live connection is closed with 4401
+        await emu.publish(count=3)
+        more = await take(stream, 3)
+    await auth.aclose()
+    assert offsets(first + more) == [1, 2, 3, 4, 5, 6]
+    assert stream.stats.reconnects.get("4401") == 1
+    assert any(r.close_code == 4401 for r in emu.connections)
+
+
+async def test_two_4401_in_a_row_is_an_authentication_error(emu: Emulator, tmp_path: Path) -> None:
+    async with stream_for(emu, tmp_path, auth=StaticToken("not-a-token-of-this-gateway")) as s:
+        with pytest.raises(AuthenticationError, match=r"4401|two"):
+            await take(s, 1)
+    assert [r.close_code for r in emu.connections] == [4401, 4401]
+
+
+async def test_http_400_is_fatal_at_once(emu: Emulator, tmp_path: Path) -> None:
+    stream = stream_for(emu, tmp_path, app_key="11111111-2222-4333-8444-555555555555")
+    async with stream:
+        with pytest.raises(ConnectionRejectedError, match="hash"):
+            await take(stream, 1)
+    assert [u.status for u in emu.upgrades] == [400]
+
+
+async def test_4400_is_a_clear_subscription_error(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=1)
+    async with stream_for(emu, tmp_path) as stream:
+        await take(stream, 1)
+        await emu.close_with(4400, "Invalid value for chainCode")
+        with pytest.raises(SubscriptionError, match="chainCode"):
+            await take(stream, 1)
+
+
+async def test_pings_complete_and_gap_are_kept(emu: Emulator, tmp_path: Path) -> None:
+    timings = TIMINGS.model_copy(update={"rotate_after": 0.3})
+    await emu.publish(count=3)
+    async with stream_for(emu, tmp_path, timings=timings) as stream:
+        await take(stream, 3)
+        await asyncio.sleep(1.2)  # a few rotations of an idle stream
+        await emu.publish(count=2)
+        await take(stream, 2)
+    records = [r for r in emu.connections if r.subscribed_at is not None]
+    assert len(records) >= 3
+    for record in records:
+        pings = [t for t, kind in record.client_messages if kind == "ping"]
+        end = record.closed_at or record.opened_at
+        # A ping at least every ping_interval (scaled), with slack for the scheduler.
+        marks = [record.opened_at, *pings, end]
+        assert max(b - a for a, b in itertools.pairwise(marks)) < 0.1 * 5
+        assert record.complete_before_close, record
+        assert record.closed_by == "server"
+    for before, after in itertools.pairwise(records):
+        assert before.completed_at is not None
+        assert after.subscribed_at is not None
+        assert after.subscribed_at - before.completed_at >= GAP
+
+
+async def test_gap_holds_across_a_restart_in_a_new_process(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=4)
+    db = tmp_path / "offsets.db"
+    script = tmp_path / "consume.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from ohip_stream import EventStream, OAuthClientCredentials, SQLiteCheckpointStore,"
+        " Timings\n"
+        "async def main():\n"
+        "    gw, key, cid, secret, ent, db, n, locks = sys.argv[1:]\n"
+        "    auth = OAuthClientCredentials(gateway_url=gw, client_id=cid, client_secret=secret,"
+        " app_key=key, enterprise_id=ent)\n"
+        f"    timings = Timings(complete_gap={GAP}, ping_interval=0.1, liveness_timeout=2,"
+        " lockout=0.3, backoff_min=0.02, backoff_max=0.2)\n"
+        "    store = SQLiteCheckpointStore(db)\n"
+        "    async with auth, EventStream(gateway_url=gw, app_key=key, chain_code='OHIPCN',"
+        " auth=auth, checkpoints=store, timings=timings, lock_dir=locks) as s:\n"
+        "        got = 0\n"
+        "        async for e in s:\n"
+        "            print(e.metadata.offset, flush=True)\n"
+        "            got += 1\n"
+        "            if got >= int(n): break\n"
+        "    store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    args = [
+        emu.gateway_url,
+        emu.app_key,
+        emu.client_id,
+        emu.client_secret,
+        emu.enterprise_id,
+        str(db),
+    ]
+
+    def run(n: int) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, str(script), *args, str(n), str(tmp_path / "locks")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert await asyncio.to_thread(run, 2) == ["1", "2"]
+    assert await asyncio.to_thread(run, 2) == ["3", "4"]
+    records = [r for r in emu.connections if r.subscribed_at is not None]
+    assert len(records) == 2
+    assert records[0].complete_before_close
+    assert records[0].completed_at is not None
+    assert records[1].subscribed_at is not None
+    assert records[1].subscribed_at - records[0].completed_at >= GAP
+    assert not emu.subscribe_rejections
+
+
+async def test_second_consumer_refused_in_process_and_thread(emu: Emulator, tmp_path: Path) -> None:
+    async with stream_for(emu, tmp_path):
+        with pytest.raises(ConsumerAlreadyRunningError):
+            async with stream_for(emu, tmp_path):
+                pass
+        errors: list[BaseException] = []
+
+        def in_thread() -> None:
+            async def enter() -> None:
+                async with stream_for(emu, tmp_path):
+                    pass
+
+            try:
+                asyncio.run(enter())
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1
+        assert isinstance(errors[0], ConsumerAlreadyRunningError)
+    assert emu.upgrades == []  # refused before any network I/O
+
+
+async def test_slow_consumer_keeps_the_queue_bounded(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=3000)
+    high = 0
+    async with stream_for(emu, tmp_path, queue_size=50) as stream:
+        count = 0
+        async for _ in stream:
+            high = max(high, stream._queue.qsize())
+            count += 1
+            if count % 100 == 0:
+                await asyncio.sleep(0.02)
+            if count >= 3000:
+                break
+    assert high <= 50
+    assert stream.stats.reconnects == {}
+
+
+async def test_break_commits_the_last_event_and_an_exception_does_not(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    await emu.publish(count=10)
+    store = MemoryCheckpointStore()
+    async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+        async for event in stream:
+            if event.metadata.offset == "3":
+                break
+    saved = await store.load(stream.stream_id)
+    assert saved is not None
+    assert saved.offset == "3"
+
+    async def fail_on_first() -> None:
+        async with stream_for(emu, tmp_path, checkpoints=store) as failing:
+            async for event in failing:
+                assert event.metadata.offset == "4"
+                raise RuntimeError("the handler failed")
+
+    with pytest.raises(RuntimeError):
+        await fail_on_first()
+    saved = await store.load(stream.stream_id)
+    assert saved is not None
+    assert saved.offset == "3"  # event 4 was not processed: it comes again
+
+    async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+        again = await take(stream, 2)
+        assert offsets(again) == [4, 5]
+        # Iterating again after a break continues where it stopped.
+        more = await take(stream, 1)
+        assert offsets(more) == [6]
+
+
+async def test_invalid_events_raise_skip_or_reach_the_callback(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    await emu.publish(count=1)
+    bad = await emu.publish_invalid(count=1)
+    await emu.publish(count=1)
+
+    async with stream_for(emu, tmp_path) as stream:
+        first = await take(stream, 1)
+        with pytest.raises(EventValidationError) as caught:
+            await take(stream, 1)
+        assert caught.value.offset == bad[0]
+        assert bad[0] in caught.value.raw
+        rest = await take(stream, 1)  # the stream stays usable
+    assert offsets(first + rest) == [1, 3]
+    assert stream.stats.invalid == 1
+
+    dead: list[tuple[str, Exception]] = []
+
+    async def dead_letter(raw: str, error: Exception) -> None:
+        dead.append((raw, error))
+
+    async with stream_for(emu, tmp_path, on_invalid=dead_letter, offset="1") as stream:
+        assert offsets(await take(stream, 2)) == [1, 3]
+    assert len(dead) == 1
+    assert bad[0] in dead[0][0]
+    assert isinstance(dead[0][1], EventValidationError)
+
+    async with stream_for(emu, tmp_path, on_invalid="skip", offset="1") as stream:
+        assert offsets(await take(stream, 2)) == [1, 3]
+
+
+async def test_resume_from_checkpoint_drops_the_replayed_event(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    await emu.publish(count=6)
+    store = SQLiteCheckpointStore(tmp_path / "cp.db")
+    async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+        assert offsets(await take(stream, 3)) == [1, 2, 3]
+    async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+        assert offsets(await take(stream, 3)) == [4, 5, 6]
+    assert stream.stats.duplicates == 1  # offset 3, replayed inclusively
+    assert emu.connections[-1].subscribe_inputs[-1]["offset"] == "3"
+    store.close()
+
+
+async def test_explicit_offset_and_highest(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=5)
+    async with stream_for(emu, tmp_path, offset="4") as stream:
+        assert offsets(await take(stream, 2)) == [4, 5]
+    async with stream_for(emu, tmp_path, start_at_highest=True) as stream:
+        await emu.publish(count=1)
+        got = await take(stream, 1)
+        assert int(got[0].metadata.offset) >= 5
+
+
+async def test_lost_events_are_counted_as_a_gap(tmp_path: Path) -> None:
+    async with Emulator(complete_gap=GAP, first_offset=100) as emu:
+        await emu.publish(count=2)
+        async with stream_for(emu, tmp_path, offset="50") as stream:
+            assert offsets(await take(stream, 1)) == [100]
+        assert stream.stats.gaps == 49
+
+
+async def test_standby_waits_for_the_active_consumer(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=2)
+    holder = await hold_stream(emu)  # the active consumer, on another host
+    async with stream_for(emu, tmp_path, standby=True, offset="1") as standby:
+        waiting = asyncio.create_task(take(standby, 2, timeout=20))
+        await asyncio.sleep(0.6)
+        assert not waiting.done()  # the stream is held by the active consumer
+        await release(holder, 0)
+        got = await waiting
+    assert offsets(got) == [1, 2]
+    assert not any(r.close_code == 4409 for r in emu.connections)

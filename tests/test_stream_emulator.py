@@ -408,6 +408,15 @@ async def test_resume_from_checkpoint_drops_the_replayed_event(
     store.close()
 
 
+async def test_explicit_offset_overrides_the_checkpoint(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=7)
+    store = MemoryCheckpointStore()
+    async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+        assert offsets(await take(stream, 5)) == [1, 2, 3, 4, 5]
+    async with stream_for(emu, tmp_path, checkpoints=store, offset="2") as stream:
+        assert offsets(await take(stream, 3)) == [2, 3, 4]
+
+
 async def test_explicit_offset_and_highest(emu: Emulator, tmp_path: Path) -> None:
     await emu.publish(count=5)
     async with stream_for(emu, tmp_path, offset="4") as stream:

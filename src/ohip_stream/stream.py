@@ -615,6 +615,15 @@ class EventStream:
         if checkpoint is None:
             return
         self._checkpoint = checkpoint
+        if self._start_offset is not None or self._start_at_highest:
+            # An explicit start overrides the checkpoint for this run (only completed_at, the
+            # gap, still counts): nothing is dropped as already processed.
+            _log.info(
+                "stream %s starts where asked, not after the checkpoint (offset %s)",
+                self.stream_id,
+                checkpoint.offset or "(none)",
+            )
+            return
         if checkpoint.offset is not None and checkpoint.offset.isdigit():
             # Everything at or below the checkpoint was processed: a replay of it is dropped.
             self._last_seen = int(checkpoint.offset)

@@ -515,7 +515,9 @@ class EventStream:
         if task is None or task.done():
             return
         conn = self._conn
-        if conn is not None and conn.protocol.state is State.SUBSCRIBED:
+        if conn is not None and conn.protocol.state in (State.SUBSCRIBED, State.COMPLETING):
+            # Subscribed, or already draining a rotation: complete (if not yet) and let the
+            # server close, so that the gap is known and the stream is released cleanly.
             self._stopping = True
             # Events not handed out yet are not processed: they come again next time.
             while self._queue.qsize():

@@ -28,6 +28,7 @@ from ohip_stream._cli_common import (
     setup_logging,
     write_line,
 )
+from ohip_stream._cli_consume import ReaderGoneError
 from ohip_stream._exceptions import ConfigurationError, OhipError
 from ohip_stream._logging import redact
 from ohip_stream._version import __version__
@@ -612,7 +613,7 @@ def run(argv: list[str]) -> int:
         return _fail(exc, 2)
     except OhipError as exc:
         return _fail(exc, 1)
-    except BrokenPipeError:
+    except (BrokenPipeError, ReaderGoneError):
         _silence_stdout()
         return 0
     except Exception as exc:  # a bug: say what it is in one line; --verbose shows where

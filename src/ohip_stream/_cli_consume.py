@@ -21,6 +21,7 @@ from ohip_stream._cli_common import (
 )
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream.checkpoints import Checkpoint, MemoryCheckpointStore, SQLiteCheckpointStore
+from ohip_stream.models import Event
 from ohip_stream.stream import EventStream, StreamStats
 
 __all__ = ["ConnectionFlags", "ReplayOptions", "TailOptions", "run_replay", "run_tail"]
@@ -90,6 +91,18 @@ def _offset_flag(name: str, value: str | None) -> str | None:
     return str(int(text))
 
 
+class ReaderGoneError(Exception):
+    """stdout was closed by its reader (``| head``): stop, without committing the event that
+    could not be written (leaving the block with an exception keeps it for next time)."""
+
+
+def _write_event(event: Event) -> None:
+    try:
+        write_line(event_json(event))
+    except BrokenPipeError:
+        raise ReaderGoneError() from None
+
+
 class _Status:
     """Progress on stderr, at most once a second: events, rate, last offset, reconnects."""
 
@@ -100,7 +113,7 @@ class _Status:
         self._last_time = time.monotonic()
         self._last_key: tuple[object, ...] = ()
 
-    def line(self) -> str:
+    def line(self, *, final: bool = False) -> str:
         stats = self._stats
         now = time.monotonic()
         elapsed = max(now - self._last_time, 1e-9)
@@ -108,6 +121,8 @@ class _Status:
         self._last_events = stats.events
         self._last_time = now
         state = "connected" if stats.connected_since is not None else "connecting"
+        if final:
+            state = "stopped"
         return (
             f"{PROG}: {state}, {stats.events} events ({rate:.1f}/s), last offset "
             f"{stats.last_offset or '-'}, reconnects {format_reconnects(stats.reconnects)}"
@@ -115,7 +130,7 @@ class _Status:
             + (f", lost upstream {stats.gaps}" if stats.gaps else "")
         )
 
-    def report(self, *, force: bool = False) -> None:
+    def report(self, *, final: bool = False) -> None:
         stats = self._stats
         key = (
             stats.events,
@@ -124,11 +139,11 @@ class _Status:
             stats.duplicates,
             stats.gaps,
         )
-        if key == self._last_key and not force:
+        if key == self._last_key and not final:
             return  # quiet while nothing changes
         self._last_key = key
         out = self._out if self._out is not None else sys.stderr
-        out.write(self.line() + "\n")
+        out.write(self.line(final=final) + "\n")
         out.flush()
 
     async def run(self) -> None:
@@ -205,7 +220,7 @@ async def _consume_tail(stream: EventStream, options: TailOptions) -> int:
                 # Filtered-out events count as processed all the same (the next one marks it).
                 if not accept(event):
                     continue
-                write_line(event_json(event))
+                _write_event(event)
                 printed += 1
                 if options.max_events is not None and printed >= options.max_events:
                     break  # leaving the block commits this event, completes and drains
@@ -215,7 +230,7 @@ async def _consume_tail(stream: EventStream, options: TailOptions) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
     if options.status:
-        status.report()
+        status.report(final=True)
     return 0
 
 
@@ -281,7 +296,7 @@ async def _consume_replay(stream: EventStream, options: ReplayOptions, end: int 
                 if end is not None and number > end:
                     break
                 if accept(event):
-                    write_line(event_json(event))
+                    _write_event(event)
                 if end is not None and number >= end:
                     break
         finally:

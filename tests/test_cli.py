@@ -440,3 +440,42 @@ def test_demo_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["demo", "--events", "0"], capsys)
     assert code == 2
     assert_one_error(err, "--events")
+
+
+def test_a_closed_stdout_stops_cleanly_without_committing_the_unwritten_event(
+    configured: Emulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import sys
+
+    class Head(io.StringIO):
+        """Like `| head -3`: the fourth line finds the pipe closed."""
+
+        def write(self, text: str) -> int:
+            if self.getvalue().count("\n") >= 3:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+        def fileno(self) -> int:
+            raise io.UnsupportedOperation("no file descriptor")
+
+    configured.publish_sync(8)
+    head = Head()
+    captured = sys.stdout
+    monkeypatch.setattr(sys, "stdout", head)
+    assert cli.main(["tail", "-q"]) == 0
+    assert offsets(head.getvalue()) == [1, 2, 3]
+    monkeypatch.setattr(sys, "stdout", captured)
+    code, out, _ = run(["tail", "-q", "--max-events", "2"], capsys)
+    assert code == 0
+    assert offsets(out) == [4, 5]
+
+
+def test_tail_from_highest(configured: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    configured.publish_sync(5)
+    code, out, _ = run(["tail", "-q", "--max-events", "1", "--from-highest"], capsys)
+    assert code == 0
+    assert offsets(out)[0] >= 5
+    code, _, err = run(["tail", "--from-highest", "--from-offset", "2"], capsys)
+    assert code == 2
+    assert_one_error(err, "mutually exclusive")

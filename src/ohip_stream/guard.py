@@ -103,6 +103,37 @@ class StreamGuard:
         with contextlib.suppress(OSError):
             path.with_suffix(".pid").write_text(str(os.getpid()), encoding="ascii")
 
+    # --- upgrades made under this guard, across processes (protocol §1: 429 past 150 in 2 min) --
+
+    @property
+    def _upgrades_path(self) -> Path:
+        return self.lock_dir / f"{self.key}.upgrades"
+
+    def recent_upgrades(self, window: float, now: float) -> list[float]:
+        """Epoch times of the upgrades recorded under this key in the last ``window`` seconds,
+        by this process or an earlier one (a crash-looping consumer must not reset its upgrade
+        budget by restarting). Best effort: an unreadable file counts as none."""
+        try:
+            text = self._upgrades_path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return []
+        times: list[float] = []
+        for line in text.split():
+            with contextlib.suppress(ValueError):
+                at = float(line)
+                if now - window < at <= now:
+                    times.append(at)
+        return sorted(times)
+
+    def record_upgrade(self, at: float, window: float) -> None:
+        """Add an upgrade made at epoch time ``at``; entries older than ``window`` are dropped.
+        Only the holder writes (the lock is held), so a plain rewrite is safe."""
+        if not self._held:
+            return
+        times = [*self.recent_upgrades(window, at), at]
+        with contextlib.suppress(OSError):
+            self._upgrades_path.write_text("".join(f"{t:.6f}\n" for t in times), encoding="ascii")
+
     def release(self) -> None:
         """Give the stream back (idempotent)."""
         if not self._held:

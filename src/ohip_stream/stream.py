@@ -382,6 +382,7 @@ class EventStream:
         guard.acquire()
         self._guard = guard
         self._entered = True
+        self._load_budget(guard)
         if not self._checkpoints_given:
             _log.warning(
                 "stream %s has no checkpoint store: processed offsets are kept in memory and a "
@@ -567,7 +568,12 @@ class EventStream:
             except BaseException:
                 self._dirty += dirty
                 raise
-            self._checkpoint = checkpoint
+            # Only the time of the write: an offset noted or a complete recorded while the
+            # store was writing must not be undone (the next commit writes them).
+            current = self._checkpoint
+            self._checkpoint = Checkpoint(
+                current.offset, current.unique_event_id, current.completed_at, checkpoint.updated_at
+            )
 
     # --- the pump: connections, one after another ---------------------------------------------
 
@@ -660,6 +666,15 @@ class EventStream:
             _log.info("stream %s: waiting %.3g s, the gap after complete", self.stream_id, rest)
             await self._sleep(rest)
 
+    def _load_budget(self, guard: StreamGuard) -> None:
+        # Protocol §1: upgrades made by an earlier process of this stream (a crash and a
+        # restart) count against the budget too, or a crash loop would reach the 429.
+        budget = self._budget
+        assert budget is not None
+        wall, mono = time.time(), time.monotonic()
+        for at in guard.recent_upgrades(budget.window, wall):
+            budget.record(mono - (wall - at))
+
     async def _wait_budget(self) -> None:
         budget = self._budget
         assert budget is not None
@@ -675,6 +690,8 @@ class EventStream:
             )
             await self._sleep(wait)
         budget.record(time.monotonic())
+        if self._guard is not None:
+            self._guard.record_upgrade(time.time(), budget.window)
 
     async def _session(self) -> None:
         """One connection, from the upgrade to its close; raises ``_Retry`` to reconnect."""
@@ -726,6 +743,7 @@ class EventStream:
             self._fail(exc, token)
         finally:
             self.stats.connected_since = None
+            self._completing = False  # a failure of the next connection is no drain of this one
             keeper, self._keeper = self._keeper, None
             if keeper is not None:
                 keeper.cancel()
@@ -736,6 +754,10 @@ class EventStream:
             self._conn = None
 
     def _fail(self, exc: BaseException, token: AccessToken | None) -> None:
+        if self._completing:
+            # Our complete reached the gateway before this failure ended the drain: the gap
+            # before the next subscribe counts from now all the same (protocol §4).
+            self._mark_completed()
         failure = classify_exception(exc)
         if self._liveness_lost:
             failure = Failure(FailureKind.LIVENESS, reason="no pong and no event in time")
@@ -776,15 +798,18 @@ class EventStream:
             self._auth.invalidate(token)
         raise _Retry(action) from None
 
-    async def _after_planned_close(self, token: AccessToken | None) -> None:
-        # The server closed after our complete (or we did, after drain_timeout): the stream is
-        # completed; the gap before the next subscribe counts from now (protocol §4).
+    def _mark_completed(self) -> None:
         self._checkpoint = Checkpoint(
             self._checkpoint.offset,
             self._checkpoint.unique_event_id,
             self._clock(),
             self._checkpoint.updated_at,
         )
+
+    async def _after_planned_close(self, token: AccessToken | None) -> None:
+        # The server closed after our complete (or we did, after drain_timeout): the stream is
+        # completed; the gap before the next subscribe counts from now (protocol §4).
+        self._mark_completed()
         await self._commit(force=True)
         if self._stopping:
             return

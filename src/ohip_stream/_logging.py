@@ -35,7 +35,7 @@ _PATTERNS = (
     re.compile(r"(?i)([?&]key=)[^&\s'\"]+"),
     re.compile(r"\b[0-9a-fA-F]{64}\b"),
     re.compile(
-        r"(?i)([\"']?(?:x-app-key|client_secret|password|access_token|authorization)[\"']?"
+        r"(?i)(?<![A-Za-z0-9_])([\"']?(?:x-app-key|client_secret|password|access_token|authorization)[\"']?"
         r"\s*[:=]\s*[\"']?)[^\"'&,\s}]+"
     ),
 )

@@ -304,6 +304,10 @@ class ClientProtocol:
             message = json.loads(text)
         except ValueError:
             raise ProtocolError(f"malformed frame: not JSON ({_excerpt(text)})") from None
+        except RecursionError:  # JSON nested deeper than the interpreter's stack allows
+            raise ProtocolError(
+                f"malformed frame: JSON nested too deeply ({_excerpt(text)})"
+            ) from None
         if not isinstance(message, dict):
             raise ProtocolError(f"malformed frame: not a JSON object ({_excerpt(text)})")
         kind = message.get("type")
@@ -352,6 +356,8 @@ class ClientProtocol:
             return Next(event_from_data(event_data))
         except ValidationError as exc:
             return InvalidNext(text, _validation_error(exc, text, event_data))
+        except RecursionError:
+            raise ProtocolError("malformed next: its event is nested too deeply") from None
 
     def _on_error(self, message: dict[str, Any], text: str) -> ProtocolEvent:
         op_id = self._operation_id(message, "error")

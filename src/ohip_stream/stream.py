@@ -145,10 +145,14 @@ def _digest(*parts: str) -> str:
 
 
 def _gateway_host(gateway_url: str) -> str:
-    parts = urlsplit(gateway_url.strip())
+    try:
+        parts = urlsplit(gateway_url.strip())
+        port = parts.port
+    except ValueError:
+        # Not a URL (bad brackets, port): the text itself; __aenter__ refuses it clearly.
+        return gateway_url.strip().lower()
     host = (parts.hostname or "").lower()
     default_port = {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parts.scheme)
-    port = parts.port
     return host if port in (None, default_port) else f"{host}:{port}"
 
 
@@ -689,6 +693,12 @@ class EventStream:
                 wait,
             )
             await self._sleep(wait)
+
+    def _record_upgrade(self) -> None:
+        # Counted right before the request leaves (after the token fetch, which can be slow):
+        # the gateway counts upgrades when they arrive.
+        budget = self._budget
+        assert budget is not None
         budget.record(time.monotonic())
         if self._guard is not None:
             self._guard.record_upgrade(time.time(), budget.window)
@@ -714,6 +724,7 @@ class EventStream:
                 init_timeout=self.timings.init_timeout,
             )
             self._conn = conn
+            self._record_upgrade()
             await conn.open()
             if self._standby:
                 await self._wait_standby(conn)

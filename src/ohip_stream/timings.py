@@ -62,7 +62,7 @@ class Timings(BaseModel):
     @field_validator("ping_interval")
     @classmethod
     def _ping_at_most_15(cls, value: float) -> float:
-        if value <= 0 or value > MAX_PING_INTERVAL:
+        if not 0 < value <= MAX_PING_INTERVAL:  # NaN compares false: refused too
             raise ValueError(
                 f"ping_interval must be above 0 and at most {MAX_PING_INTERVAL:g} seconds "
                 f"(Oracle closes connections that do not ping); got {value:g}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import json
 import math
 import os
@@ -252,6 +253,22 @@ def _check_enterprise_id(value: str) -> str:
     return value
 
 
+def _refuse_plain_http(gateway_url: str, allow_insecure: bool) -> None:
+    parts = urlsplit(gateway_url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or allow_insecure or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ConfigurationError(
+        f"gateway_url uses plain http for {host}: the client secret and the tokens would cross "
+        "the network unencrypted. Use https, or pass allow_insecure=True for a test gateway"
+    )
+
+
 def _normalize_gateway(gateway_url: object) -> tuple[str, str]:
     """The gateway URL without a trailing slash, and its host (for reprs and messages)."""
     url = _require("gateway_url", gateway_url).strip()
@@ -381,9 +398,11 @@ class _OAuthProvider:
         retries: int,
         clock: Clock,
         sleep: Sleep,
+        allow_insecure: bool = False,
     ) -> None:
         install_redaction()
         self._gateway_url, self._host = _normalize_gateway(gateway_url)
+        _refuse_plain_http(self._gateway_url, allow_insecure)
         self._client_id = _require("client_id", client_id)
         if ":" in client_id:
             # RFC 7617: the user-id of Basic credentials cannot contain a colon.
@@ -753,6 +772,8 @@ class OAuthClientCredentials(_OAuthProvider):
             with jittered exponential backoff, before giving up.
         clock: returns the time in epoch seconds (tests inject a fake one).
         sleep: awaited between retries (tests inject one that returns at once).
+        allow_insecure: allow a plain ``http://`` gateway that is not on this host (the client
+            secret and the tokens would cross the network unencrypted; a test gateway only).
     """
 
     _grant = "client_credentials"
@@ -774,6 +795,7 @@ class OAuthClientCredentials(_OAuthProvider):
         retries: int = 3,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        allow_insecure: bool = False,
     ) -> None:
         self._enterprise_id = _check_enterprise_id(_require("enterprise_id", enterprise_id))
         self._scope = _require("scope", scope)
@@ -790,6 +812,7 @@ class OAuthClientCredentials(_OAuthProvider):
             retries=retries,
             clock=clock,
             sleep=sleep,
+            allow_insecure=allow_insecure,
         )
 
     @property
@@ -838,6 +861,7 @@ class OAuthPassword(_OAuthProvider):
         retries: int = 3,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        allow_insecure: bool = False,
     ) -> None:
         self._username = _require("username", username)
         secret = _require("password", password)
@@ -856,6 +880,7 @@ class OAuthPassword(_OAuthProvider):
             retries=retries,
             clock=clock,
             sleep=sleep,
+            allow_insecure=allow_insecure,
         )
 
     async def __aenter__(self) -> OAuthPassword:

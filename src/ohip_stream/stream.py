@@ -15,6 +15,7 @@ and close. A restart resumes from it with an inclusive replay and drops what it 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import inspect
@@ -256,7 +257,10 @@ class EventStream:
         # Resume and de-duplication (protocol §6).
         self._last_seen = -1  # highest offset received into the pipeline (int)
         self._last_seen_offset: str | None = None
-        self._seen_ids: dict[str, None] = {}
+        # The last ``dedup_window`` unique ids, as a set and in arrival order (a ring): O(1) per
+        # event (a dict popped from the front slows down as deleted slots pile up there).
+        self._seen_ids: set[str] = set()
+        self._seen_order: collections.deque[str] = collections.deque()
         self._window = 0
         self._asked_offset: int | None = None
         self._first_start = True
@@ -641,7 +645,8 @@ class EventStream:
             self._last_seen = int(checkpoint.offset)
             self._last_seen_offset = checkpoint.offset
         if checkpoint.unique_event_id:
-            self._seen_ids[checkpoint.unique_event_id] = None
+            self._seen_ids.add(checkpoint.unique_event_id)
+            self._seen_order.append(checkpoint.unique_event_id)
         _log.info(
             "stream %s resumes after offset %s", self.stream_id, checkpoint.offset or "(none)"
         )
@@ -868,6 +873,10 @@ class EventStream:
         queue = self._queue
         stats = self.stats
         seen = self._seen_ids
+        seen_add = seen.add
+        order = self._seen_order
+        remember = order.append
+        forget_oldest = order.popleft
         window = self._window
         monotonic = time.monotonic
         first = True
@@ -900,9 +909,10 @@ class EventStream:
                 if uid in seen:
                     stats.duplicates += 1
                     continue
-                seen[uid] = None
-                if len(seen) > window:
-                    del seen[next(iter(seen))]
+                seen_add(uid)
+                remember(uid)
+                if len(order) > window:
+                    seen.discard(forget_oldest())
                 if number >= 0:
                     self._last_seen = number
                     self._last_seen_offset = offset

@@ -323,6 +323,12 @@ async def test_extra_init_payload_keys_and_upgrade_authorization_header_are_allo
         assert json.loads(await recv(ws)) == {"type": "connection_ack"}
 
 
+async def test_the_subprotocol_is_required(emu: Emulator) -> None:
+    async with connect(emu.subscriptions_url, proxy=None) as ws:
+        assert ws.subprotocol is None
+        assert await closed(ws) == (4406, "Subprotocol not acceptable")
+
+
 async def test_init_rules_timeout_reinit_and_subscribe_before_init() -> None:
     async with Emulator(init_timeout=0.3) as emu:
         async with session(emu, init=False) as ws:
@@ -747,6 +753,15 @@ async def test_pong_deferred_during_a_burst(emu: Emulator, defer: bool) -> None:
         assert pong_at == 3000  # after the last event of the burst
     else:
         assert pong_at < 3000
+
+
+async def test_a_burst_does_not_wait_on_a_filtered_subscription(emu: Emulator) -> None:
+    async with session(emu) as ws:
+        await ws.send(subscribe_message('chainCode: "OHIPCN" hotelCode: "NOWHERE"'))
+        await wait_until(lambda: emu.connections[0].subscribed_at is not None)
+        await ws.send('{"type":"ping"}')
+        assert len(await asyncio.wait_for(emu.burst(20), 2.0)) == 20
+        assert json.loads(await recv(ws)) == {"type": "pong"}
 
 
 # --- faults (protocol §9) ------------------------------------------------------------------------

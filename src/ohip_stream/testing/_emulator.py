@@ -103,7 +103,6 @@ class Emulator:
 
     # --- identity ------------------------------------------------------------------------------
 
-    #: The chain code events are published to by default.
     @property
     def chain_code(self) -> str:
         """The default chain code (events are published there unless told otherwise)."""

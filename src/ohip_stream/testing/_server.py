@@ -26,7 +26,7 @@ import secrets
 import ssl
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -405,7 +405,7 @@ class _Session:
         """Wake the sender (after ``complete`` or a close)."""
         log = self.log
         if log is not None:
-            self.loop.create_task(log.notify())
+            self.server.spawn(log.notify())
 
     async def send_text(self, text: str) -> bool:
         """Send one frame; ``False`` when the connection is already going away."""
@@ -429,7 +429,12 @@ class _Session:
             while True:
                 msg = await self.ws.receive()
                 if msg.type is WSMsgType.TEXT:
-                    await self._on_text(msg.data)
+                    try:
+                        await self._on_text(msg.data)
+                    except Exception:
+                        # graphql-ws: 4500 for an internal error; the emulator must not hang
+                        _log.exception("connection %d: internal error", self.record.id)
+                        self.request_close(4500, "Internal server error")
                 elif msg.type is WSMsgType.BINARY:
                     self.record.client_messages.append((self.server.clock(), "binary"))
                     self.request_close(4400, "Invalid message received")
@@ -809,7 +814,10 @@ class _Session:
                     position += 1
                     self.scan_position = position
                     if hotels is not None and stored.hotel_id not in hotels:
-                        continue  # protocol §2: hotelCode filter; chain-level events excluded
+                        # protocol §2: hotelCode filter; chain-level events are excluded
+                        if server.progress_waiters:
+                            await server.notify_progress()
+                        continue
                     body = stored.encoded if plain else self._render(stored, delta, selection)
                     # backpressure: the write is awaited, a slow client slows this loop
                     await send(prefix + body + "}}}")
@@ -871,6 +879,7 @@ class EmulatorServer:
         self.pong_deferral = 0
         self.progress_waiters = 0
         self._progress: asyncio.Condition | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._upgrade_times: deque[float] = deque()
         self._rejections: deque[int] = deque()
         self._runner: web.AppRunner | None = None
@@ -957,6 +966,12 @@ class EmulatorServer:
             await self._site.stop()
         await self._listen()
         _log.info("emulator restarted on port %d", self.port)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in the background, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _abort_http_connections(self) -> None:
         runner = self._runner

@@ -81,6 +81,12 @@ InvalidHandler = Callable[[str, Exception], Awaitable[None] | None]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
+# The reader yields to the caller after this many events queued in a row. A socket read holds
+# hundreds of frames, and websockets hands them over without suspending: read at once, their
+# events would all be alive together, survive the garbage collector's young generation and
+# make its full collections frequent (they cost more than the validation itself).
+_HANDOFF_EVERY = 16
+
 
 @dataclass
 class StreamStats:
@@ -268,10 +274,14 @@ class EventStream:
         self._handed_offset: str | None = None
         self._handed_uid: str | None = None
         self._has_handed = False
-        self._checkpoint = Checkpoint()
+        # The offset processed last, not yet folded into _checkpoint (see that property).
+        self._done_offset: str | None = None
+        self._done_uid: str | None = None
+        self._checkpoint_base = Checkpoint()
         self._dirty = 0
         self._last_commit = 0.0
         self._commit_lock = asyncio.Lock()
+        self._committing: asyncio.Task[None] | None = None
         # Policy counters.
         self._attempt = 0
         self._auth_failures = 0
@@ -420,7 +430,16 @@ class EventStream:
     async def __anext__(self) -> Event:
         if self._has_handed:
             self._has_handed = False
-            await self._processed(self._handed_offset, self._handed_uid)
+            self._note_processed(self._handed_offset, self._handed_uid)
+            committing = self._committing
+            if committing is None:
+                if self._commit_due():
+                    self._commit_in_background()
+            elif committing.done():
+                self._committing = None
+                error = None if committing.cancelled() else committing.exception()
+                if error is not None:
+                    raise error
         if self._stop_requested or self._closed:
             raise StopAsyncIteration
         if self._fatal is not None:
@@ -492,6 +511,7 @@ class EventStream:
         if self._has_handed:
             self._has_handed = False
             self._note_processed(self._handed_offset, self._handed_uid)
+        await self._settle_background_commit()
         await self._commit(force=True)
 
     async def _close(self, *, commit_handed: bool) -> None:
@@ -504,6 +524,7 @@ class EventStream:
                 self._has_handed = False
                 self._note_processed(self._handed_offset, self._handed_uid)
             await self._stop_pump()
+            await self._settle_background_commit()
             if self._dirty or self._checkpoint.completed_at is not None:
                 await self._commit(force=True)
         finally:
@@ -543,19 +564,54 @@ class EventStream:
 
     # --- processing and commits ---------------------------------------------------------------
 
+    @property
+    def _checkpoint(self) -> Checkpoint:
+        """Where the stream stands: the offset processed last is folded in when read."""
+        offset = self._done_offset
+        if offset is not None:
+            self._done_offset = None
+            base = self._checkpoint_base
+            self._checkpoint_base = Checkpoint(
+                offset, self._done_uid, base.completed_at, base.updated_at
+            )
+        return self._checkpoint_base
+
+    @_checkpoint.setter
+    def _checkpoint(self, checkpoint: Checkpoint) -> None:
+        self._checkpoint_base = checkpoint
+
     def _note_processed(self, offset: str | None, uid: str | None) -> None:
+        # Per event, only remembered: reading _checkpoint folds it in (a Checkpoint per event
+        # cost more than the rest of the per-event bookkeeping).
         if offset is None:
             return
-        self._checkpoint = Checkpoint(
-            offset, uid, self._checkpoint.completed_at, self._checkpoint.updated_at
-        )
+        self._done_offset = offset
+        self._done_uid = uid
         self._dirty += 1
+
+    def _commit_due(self) -> bool:
+        dirty = self._dirty
+        return dirty >= self._commit_every or (
+            dirty > 0 and time.monotonic() - self._last_commit >= self._commit_interval
+        )
+
+    def _commit_in_background(self) -> None:
+        # A batch commit while the caller's loop goes on: the store writes in a thread, and
+        # waiting for it (the thread has to get the GIL from the busy loop) let the reader fill
+        # the whole queue. One at a time; an error comes out of the next __anext__.
+        self._committing = asyncio.create_task(self._commit())
+
+    async def _settle_background_commit(self) -> None:
+        # Before a forced commit: the one in flight ends first (its error, if any, is superseded
+        # by the forced commit, which writes the same state and raises on its own).
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            with contextlib.suppress(Exception):
+                await committing
 
     async def _processed(self, offset: str | None, uid: str | None) -> None:
         self._note_processed(offset, uid)
-        if self._dirty >= self._commit_every or (
-            self._dirty and time.monotonic() - self._last_commit >= self._commit_interval
-        ):
+        if self._commit_due():
             await self._commit()
 
     async def _commit(self, *, force: bool = False) -> None:
@@ -880,6 +936,7 @@ class EventStream:
         window = self._window
         monotonic = time.monotonic
         first = True
+        handed_off = 0
         while True:
             self._waiting_since = monotonic()
             try:
@@ -922,6 +979,11 @@ class EventStream:
                     await queue.put(event)
                 else:
                     queue.put_nowait(event)
+                    handed_off += 1
+                    if handed_off >= _HANDOFF_EVERY:
+                        # Let the caller take what is queued before reading on (_HANDOFF_EVERY).
+                        handed_off = 0
+                        await asyncio.sleep(0)
             elif type(item) is InvalidNext:
                 if first:
                     first = False

@@ -19,6 +19,7 @@ import base64
 import binascii
 import bisect
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -270,6 +271,19 @@ class _Selection:
             item = value.get(name)
             shaped[key] = sub.apply(item) if sub is not None and item is not None else item
         return shaped
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_and_validate(query: str) -> tuple[DocumentNode | None, str]:
+    """The parsed document, or ``None`` and the first syntax or validation error (cached)."""
+    try:
+        document = parse(query)
+    except GraphQLError as exc:
+        return None, exc.message
+    errors = validate(load_schema(), document)
+    if errors:
+        return None, errors[0].message
+    return document, ""
 
 
 def _collect_fields(
@@ -601,14 +615,9 @@ class _Session:
         if sub_id == self.sub_id:
             self.request_close(4409, f"Subscriber for {sub_id} already exists")  # graphql-ws
             return
-        try:
-            document = parse(payload["query"])
-        except GraphQLError as exc:
-            self.request_close(4400, exc.message)
-            return
-        errors = validate(schema, document)
-        if errors:
-            self.request_close(4400, errors[0].message)
+        document, error = _parse_and_validate(payload["query"])
+        if document is None:
+            self.request_close(4400, error)  # protocol §5: syntax or schema error -> 4400
             return
         operation_name = payload.get("operationName")
         operation = get_operation_ast(

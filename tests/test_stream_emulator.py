@@ -135,7 +135,8 @@ async def test_every_offset_once_in_order_across_rotations_and_drops(
     records = emu.connections
     # Every rotation completed first and let the server close.
     planned = [r for r in records if r.complete_before_close]
-    assert len(planned) >= stream.stats.rotations
+    # A drop can land between our complete and the server reading it: at most one per drop.
+    assert len(planned) >= stream.stats.rotations - drops
     assert all(r.closed_by in ("server", "abort") for r in planned)
 
 

@@ -22,7 +22,20 @@ ORACLE_MINIMUMS: dict[str, float] = {
     "rotate_after": 3000.0,  # protocol §4: renew every 50 minutes, not more often
 }
 
-MAX_PING_INTERVAL = 15.0  # protocol §4: a ping at least every 15 s
+MAX_PING_INTERVAL = 15.0
+
+# The fields that are a positive number of seconds (ping_interval has its own rule).
+_POSITIVE_SECONDS = (
+    "rotate_after",
+    "complete_gap",
+    "lockout",
+    "drop_wait",
+    "backoff_min",
+    "backoff_max",
+    "liveness_timeout",
+    "drain_timeout",
+    "init_timeout",
+)  # protocol §4: a ping at least every 15 s
 
 
 class Timings(BaseModel):
@@ -69,17 +82,7 @@ class Timings(BaseModel):
             )
         return value
 
-    @field_validator(
-        "rotate_after",
-        "complete_gap",
-        "lockout",
-        "drop_wait",
-        "backoff_min",
-        "backoff_max",
-        "liveness_timeout",
-        "drain_timeout",
-        "init_timeout",
-    )
+    @field_validator(*_POSITIVE_SECONDS)
     @classmethod
     def _positive(cls, value: float) -> float:
         if not value > 0:
@@ -142,19 +145,7 @@ class Timings(BaseModel):
         """Oracle's defaults multiplied by ``factor`` (for tests and the demo), then overrides."""
         base = cls()
         values: dict[str, Any] = {
-            name: getattr(base, name) * factor
-            for name in (
-                "ping_interval",
-                "rotate_after",
-                "complete_gap",
-                "lockout",
-                "drop_wait",
-                "backoff_min",
-                "backoff_max",
-                "liveness_timeout",
-                "drain_timeout",
-                "init_timeout",
-            )
+            name: getattr(base, name) * factor for name in ("ping_interval", *_POSITIVE_SECONDS)
         }
         values.update(overrides)
         return cls(**values)

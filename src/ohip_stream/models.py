@@ -220,11 +220,15 @@ class NextFrame(BaseModel):
 
 
 _NEXT_FRAME: TypeAdapter[NextFrame] = TypeAdapter(NextFrame)
+# The core validator itself: this runs once per event, and the adapter's method adds a Python
+# call with keyword handling around the same validator.
+_validate_next_json = _NEXT_FRAME.validator.validate_json
 
 
 def parse_next_frame(raw: str | bytes) -> NextFrame:
     """Validate a whole ``next`` frame from its raw text (raises ``pydantic.ValidationError``)."""
-    return _NEXT_FRAME.validate_json(raw)
+    frame: NextFrame = _validate_next_json(raw)
+    return frame
 
 
 def event_from_data(data: Any) -> Event:

@@ -192,6 +192,8 @@ ProtocolEvent = (
 _PING = '{"type":"ping"}'
 _PONG = '{"type":"pong"}'
 _ALIVE_STATES = frozenset({State.SUBSCRIBED, State.COMPLETING})
+_SUBSCRIBED = State.SUBSCRIBED
+_COMPLETING = State.COMPLETING
 
 
 @dataclass
@@ -278,7 +280,7 @@ class ClientProtocol:
         state = self.state
         if state is State.CLOSED:
             raise ProtocolError("received a frame after the connection closed")
-        if state in _ALIVE_STATES:
+        if state is _SUBSCRIBED or state is _COMPLETING:  # not ``in``: Enum hashes in Python
             # The hot path: a whole ``next`` frame validated in one pass from its raw text.
             try:
                 frame = parse_next_frame(text)

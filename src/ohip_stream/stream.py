@@ -116,6 +116,78 @@ class StreamStats:
         self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
 
 
+class _Buffer:
+    """The bounded FIFO between the reader and the caller: ``asyncio.Queue``'s ``put``/``get``
+    without its task accounting (``task_done``/``join``, unused here), which costs per event."""
+
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._maxsize = maxsize
+        self._getters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def full(self) -> bool:
+        return len(self._items) >= self._maxsize
+
+    def put_nowait(self, item: Any) -> None:
+        if len(self._items) >= self._maxsize:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        if self._getters:
+            _wake_one(self._getters)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.popleft()
+        if self._putters:
+            _wake_one(self._putters)
+        return item
+
+    async def put(self, item: Any) -> None:
+        while len(self._items) >= self._maxsize:
+            await _wait_turn(self._putters, self._items.__len__, self._maxsize)
+        self.put_nowait(item)
+
+    async def get(self) -> Any:
+        while not self._items:
+            await _wait_turn(self._getters, self._items.__len__, None)
+        return self.get_nowait()
+
+
+def _wake_one(waiters: collections.deque[asyncio.Future[None]]) -> None:
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+async def _wait_turn(
+    waiters: collections.deque[asyncio.Future[None]],
+    size: Callable[[], int],
+    maxsize: int | None,
+) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    except BaseException:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+        # A wake-up this waiter took with it goes to the next one (as asyncio.Queue does).
+        ready = size() < maxsize if maxsize is not None else size() > 0
+        if ready and waiter.done() and not waiter.cancelled():
+            _wake_one(waiters)
+        raise
+
+
 class _Fatal:
     __slots__ = ("error",)
 
@@ -252,7 +324,7 @@ class EventStream:
         self._stopping = False
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(max(1, queue_size))
+        self._queue = _Buffer(max(1, queue_size))
         self._conn: Connection | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._ssl_context: ssl_module.SSLContext | None = None
@@ -282,6 +354,7 @@ class EventStream:
         self._last_commit = 0.0
         self._commit_lock = asyncio.Lock()
         self._committing: asyncio.Task[None] | None = None
+        self._committing_size = 0
         # Policy counters.
         self._attempt = 0
         self._auth_failures = 0
@@ -434,12 +507,12 @@ class EventStream:
             committing = self._committing
             if committing is None:
                 if self._commit_due():
-                    self._commit_in_background()
-            elif committing.done():
+                    await self._commit_in_background()
+            elif committing.done() or self._dirty + self._committing_size >= self._commit_every:
+                # The bound: fewer than commit_every processed events not yet written when the
+                # next one is handed out (so a crash redelivers at most commit_every).
                 self._committing = None
-                error = None if committing.cancelled() else committing.exception()
-                if error is not None:
-                    raise error
+                await committing  # its error, if any, comes out here
         if self._stop_requested or self._closed:
             raise StopAsyncIteration
         if self._fatal is not None:
@@ -590,16 +663,21 @@ class EventStream:
         self._dirty += 1
 
     def _commit_due(self) -> bool:
+        # Half-way through a batch: the write then runs while the second half is processed.
         dirty = self._dirty
-        return dirty >= self._commit_every or (
+        return dirty >= (self._commit_every + 1) // 2 or (
             dirty > 0 and time.monotonic() - self._last_commit >= self._commit_interval
         )
 
-    def _commit_in_background(self) -> None:
+    async def _commit_in_background(self) -> None:
         # A batch commit while the caller's loop goes on: the store writes in a thread, and
         # waiting for it (the thread has to get the GIL from the busy loop) let the reader fill
-        # the whole queue. One at a time; an error comes out of the next __anext__.
+        # the whole queue. One at a time; __anext__ waits for it only when the bound says so.
+        self._committing_size = 0  # until the write starts, what it covers is still in _dirty
         self._committing = asyncio.create_task(self._commit())
+        if self._dirty >= self._commit_every:
+            committing, self._committing = self._committing, None
+            await committing
 
     async def _settle_background_commit(self) -> None:
         # Before a forced commit: the one in flight ends first (its error, if any, is superseded
@@ -611,7 +689,9 @@ class EventStream:
 
     async def _processed(self, offset: str | None, uid: str | None) -> None:
         self._note_processed(offset, uid)
-        if self._commit_due():
+        if self._dirty >= self._commit_every or (
+            self._dirty and time.monotonic() - self._last_commit >= self._commit_interval
+        ):
             await self._commit()
 
     async def _commit(self, *, force: bool = False) -> None:
@@ -626,6 +706,7 @@ class EventStream:
             )
             dirty = self._dirty
             self._dirty = 0
+            self._committing_size = dirty  # what a commit in the background covers
             self._last_commit = time.monotonic()
             try:
                 await self._checkpoints.save(self.stream_id, checkpoint)

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ohip_stream import _logging
 from ohip_stream._exceptions import ConfigurationError, OhipError
-from ohip_stream._logging import REDACTED, RedactingFilter, redact
+from ohip_stream._logging import RedactingFilter, redact
 from ohip_stream.models import Event
 
 PROG = "ohip-stream"
@@ -45,8 +45,7 @@ def one_line(message: object) -> str:
 
 def redact_registered(text: str) -> str:
     """``text`` without the secrets registered with the library (keys, secrets, tokens)."""
-    pattern = _logging._secret_pattern
-    return pattern.sub(REDACTED, text) if pattern is not None else text
+    return _logging.redact_registered(text)
 
 
 def error_line(message: object) -> str:

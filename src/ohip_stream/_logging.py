@@ -24,6 +24,7 @@ __all__ = [
     "get_logger",
     "install_redaction",
     "redact",
+    "redact_registered",
     "register_secret",
 ]
 
@@ -42,7 +43,7 @@ _PATTERNS = (
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-_secret_pattern: re.Pattern[str] | None = None
+_ordered_secrets: tuple[str, ...] = ()
 
 # Loggers of the libraries that log on our behalf.
 _THIRD_PARTY_LOGGERS = (
@@ -69,25 +70,60 @@ _THIRD_PARTY_LOGGERS = (
 )
 
 
-def register_secret(*values: str | None) -> None:
-    """Add values that must never appear in a log record (empty and ``None`` are ignored)."""
-    global _secret_pattern
+#: Access tokens kept for redaction: the most recent ones. A stream fetches a token per
+#: rotation for as long as it runs; keeping every one would grow the registry (and the cost of
+#: rebuilding its pattern, paid on the event loop) without end. Older tokens have expired, and
+#: every JWT is redacted by shape anyway.
+TRANSIENT_SECRETS = 16
+_transient: dict[str, None] = {}  # insertion order: oldest first
+
+
+def register_secret(*values: str | None, transient: bool = False) -> None:
+    """Add values that must never appear in a log record (empty and ``None`` are ignored).
+
+    ``transient=True`` is for values that are replaced over time (access tokens): only the
+    last :data:`TRANSIENT_SECRETS` of them are kept. A value registered as transient stays
+    transient if registered again without the flag (the stream registers the token its
+    provider already registered).
+    """
+    global _ordered_secrets
     added = [v for v in values if v and len(v) >= 3]
     if not added:
         return
     with _secrets_lock:
-        before = len(_secrets)
-        _secrets.update(added)
-        if len(_secrets) != before:
-            ordered = sorted(_secrets, key=len, reverse=True)
-            _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        changed = False
+        for value in added:
+            if value in _secrets:
+                continue
+            if value in _transient:
+                del _transient[value]
+                _transient[value] = None  # the most recent again
+                continue
+            changed = True
+            if transient:
+                _transient[value] = None
+                while len(_transient) > TRANSIENT_SECRETS:
+                    del _transient[next(iter(_transient))]
+            else:
+                _secrets.add(value)
+        if changed:
+            # Longest first, so that a secret containing another is removed whole. Plain
+            # substring replacement: compiling a pattern of every secret costs more than it
+            # saves, and would be paid again at each token.
+            _ordered_secrets = tuple(sorted(_secrets.union(_transient), key=len, reverse=True))
+
+
+def redact_registered(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[REDACTED]`` (no shape patterns)."""
+    for secret in _ordered_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret and secret-shaped value replaced by ``[REDACTED]``."""
-    pattern = _secret_pattern
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
+    text = redact_registered(text)
     for shape in _PATTERNS:
         if shape.groups:
             text = shape.sub(lambda m: f"{m.group(1)}{_tail(m)}", text)

@@ -659,7 +659,7 @@ class _OAuthProvider:
                 f"the token endpoint of {self._host} answered 200 without an access_token",
                 status=status,
             )
-        register_secret(value)
+        register_secret(value, transient=True)
         token_type = body.get("token_type")
         if token_type is not None and str(token_type).lower() != "bearer":
             raise AuthenticationError(

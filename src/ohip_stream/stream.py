@@ -853,7 +853,7 @@ class EventStream:
         conn: Connection | None = None
         try:
             token = await self._auth.get_token()
-            register_secret(token.value)
+            register_secret(token.value, transient=True)
             conn = Connection(
                 self._url,
                 token=token.value,

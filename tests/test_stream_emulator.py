@@ -454,3 +454,77 @@ async def test_standby_waits_for_the_active_consumer(emu: Emulator, tmp_path: Pa
         got = await waiting
     assert offsets(got) == [1, 2]
     assert not any(r.close_code == 4409 for r in emu.connections)
+
+
+async def test_a_frame_too_large_at_the_same_offset_three_times_is_fatal(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    from ohip_stream import MessageTooLargeError
+    from ohip_stream.testing import make_detail, make_event
+
+    big = make_event(detail=[make_detail("COMMENTS", "x" * 8000, "")])
+    await emu.publish(count=1)
+    await emu.publish(events=[big])
+    async with stream_for(emu, tmp_path, max_message_size=4096, offset="1") as stream:
+        assert offsets(await take(stream, 1)) == [1]
+        with pytest.raises(MessageTooLargeError, match="max_message_size"):
+            await take(stream, 1)
+    assert stream.stats.reconnects.get("1009") == 2
+
+
+async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path: Path) -> None:
+    """No pong and no event within liveness_timeout: the link is dead, reconnect (protocol §4)."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    connections = 0
+
+    async def silent(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.recv()  # connection_init
+        await ws.send('{"type":"connection_ack"}')
+        await ws.recv()  # subscribe
+        if connections == 1:
+            await ws.wait_closed()  # nothing: no pong, no event, until the client gives up
+            return
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "next",
+                    "payload": {
+                        "data": {
+                            "newEvent": {
+                                "metadata": {"offset": "1", "uniqueEventId": "u1"},
+                                "moduleName": "RESERVATION",
+                                "eventName": "CHECK IN",
+                                "primaryKey": "42",
+                                "timestamp": "28-APR-24 06.18.59.028027 AM",
+                                "detail": [],
+                            }
+                        }
+                    },
+                }
+            )
+        )
+        await ws.wait_closed()
+
+    async with serve(
+        silent, "127.0.0.1", 0, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        timings = TIMINGS.model_copy(update={"liveness_timeout": 0.5})
+        stream = EventStream(
+            gateway_url=f"http://127.0.0.1:{port}",
+            app_key="key-1",
+            chain_code="OHIPCN",
+            auth=StaticToken("token"),
+            timings=timings,
+            lock_dir=tmp_path,
+            checkpoints=MemoryCheckpointStore(),
+        )
+        async with stream:
+            got = await take(stream, 1, timeout=10)
+    assert offsets(got) == [1]
+    assert connections == 2
+    assert stream.stats.reconnects == {"liveness": 1}

@@ -528,3 +528,29 @@ async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path
     assert offsets(got) == [1]
     assert connections == 2
     assert stream.stats.reconnects == {"liveness": 1}
+
+
+async def test_cancelling_the_consumer_still_completes_and_releases(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    await emu.publish(count=2)
+    store = MemoryCheckpointStore()
+
+    async def consume() -> None:
+        async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+            async for _ in stream:
+                await asyncio.sleep(30)  # the handler is slow; the task gets cancelled
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    records = [r for r in emu.connections if r.subscribed_at is not None]
+    assert records[-1].complete_before_close
+    # The guard was released: the stream can be consumed again, and event 1 comes again
+    # (it was being processed when the task was cancelled, so it was not committed).
+    async with stream_for(emu, tmp_path, checkpoints=store, offset="1") as stream:
+        assert offsets(await take(stream, 1)) == [1]
+    saved = await store.load(stream.stream_id)
+    assert saved is not None

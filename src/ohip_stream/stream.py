@@ -120,16 +120,23 @@ class _Buffer:
     """The bounded FIFO between the reader and the caller: ``asyncio.Queue``'s ``put``/``get``
     without its task accounting (``task_done``/``join``, unused here), which costs per event."""
 
-    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+    __slots__ = ("_capacity", "_getters", "_items", "_maxsize", "_putters")
 
     def __init__(self, maxsize: int) -> None:
         self._items: collections.deque[Any] = collections.deque()
+        self._capacity = maxsize
         self._maxsize = maxsize
         self._getters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def qsize(self) -> int:
         return len(self._items)
+
+    def limit(self, maxsize: int | None) -> None:
+        """Hold puts at ``maxsize`` items for a while (``None``: the capacity again)."""
+        self._maxsize = self._capacity if maxsize is None else min(maxsize, self._capacity)
+        if self._putters and len(self._items) < self._maxsize:
+            _wake_one(self._putters)
 
     def full(self) -> bool:
         return len(self._items) >= self._maxsize
@@ -512,7 +519,7 @@ class EventStream:
                 # The bound: fewer than commit_every processed events not yet written when the
                 # next one is handed out (so a crash redelivers at most commit_every).
                 self._committing = None
-                await committing  # its error, if any, comes out here
+                await self._wait_commit(committing)  # its error, if any, comes out here
         if self._stop_requested or self._closed:
             raise StopAsyncIteration
         if self._fatal is not None:
@@ -677,7 +684,18 @@ class EventStream:
         self._committing = asyncio.create_task(self._commit())
         if self._dirty >= self._commit_every:
             committing, self._committing = self._committing, None
+            await self._wait_commit(committing)
+
+    async def _wait_commit(self, committing: asyncio.Task[None]) -> None:
+        # While the caller waits on the store, the reader reads ahead only a little: a queue
+        # filled meanwhile (a slow fsync) kept hundreds of events alive at once, and the GC
+        # then ran full collections that cost more than the wait.
+        queue = self._queue
+        queue.limit(_HANDOFF_EVERY * 2)
+        try:
             await committing
+        finally:
+            queue.limit(None)
 
     async def _settle_background_commit(self) -> None:
         # Before a forced commit: the one in flight ends first (its error, if any, is superseded

@@ -616,6 +616,9 @@ def run(argv: list[str]) -> int:
     except (BrokenPipeError, ReaderGoneError):
         _silence_stdout()
         return 0
+    except OSError as exc:  # a path given on the command line that the system refuses
+        where = f" ({exc.filename})" if exc.filename and len(str(exc.filename)) < 120 else ""
+        return _fail(f"{exc.strerror or exc}{where}: check the paths given", 2)
     except Exception as exc:  # a bug: say what it is in one line; --verbose shows where
         return _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
     finally:

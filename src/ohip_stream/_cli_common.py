@@ -143,7 +143,11 @@ def reset_logging() -> None:
 def resolve_env_file(env_file: Path | None) -> Path | None:
     """``--env-file``: the given file (it must exist), else ``./.env`` if present, else none."""
     if env_file is not None:
-        if not env_file.is_file():
+        try:
+            exists = env_file.is_file()
+        except OSError as exc:  # a name too long for the file system, and the like
+            raise ConfigurationError(f"--env-file cannot be read: {exc.strerror}") from None
+        if not exists:
             raise ConfigurationError(f"--env-file {env_file} does not exist: pass an existing file")
         return env_file
     default = Path(".env")

@@ -450,7 +450,11 @@ class EventStream:
         if option is None or isinstance(option, ssl_module.SSLContext):
             return option
         path = Path(option)
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # a name too long for the file system, and the like
+            raise ConfigurationError(f"ssl CA file cannot be read: {exc.strerror}") from None
+        if not exists:
             raise ConfigurationError(f"ssl CA file {path} does not exist: pass a PEM file path")
         try:
             return ssl_module.create_default_context(cafile=str(path))

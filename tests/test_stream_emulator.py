@@ -554,3 +554,41 @@ async def test_cancelling_the_consumer_still_completes_and_releases(
         assert offsets(await take(stream, 1)) == [1]
     saved = await store.load(stream.stream_id)
     assert saved is not None
+
+
+async def test_a_cached_token_past_its_rotation_deadline_is_replaced_before_connecting(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    import time
+
+    from ohip_stream import AccessToken
+
+    class Provider:
+        enterprise_id = None
+        margin = 0.0
+
+        def __init__(self, stale: str, fresh: str) -> None:
+            now = time.time()
+            self.tokens = [
+                AccessToken(stale, now - 4000, now + 100),  # issued 66 minutes ago
+                AccessToken(fresh, now, now + 3600),
+            ]
+            self.invalidated: list[AccessToken] = []
+
+        async def get_token(self) -> AccessToken:
+            return self.tokens[0]
+
+        def invalidate(self, token: AccessToken) -> None:
+            self.invalidated.append(token)
+            if token is self.tokens[0] and len(self.tokens) > 1:
+                self.tokens.pop(0)
+
+        async def aclose(self) -> None:
+            pass
+
+    await emu.publish(count=1)
+    provider = Provider(await emu.issue_token(), await emu.issue_token())
+    async with stream_for(emu, tmp_path, auth=provider) as stream:
+        assert offsets(await take(stream, 1)) == [1]
+    assert len(provider.invalidated) == 1
+    assert len(emu.connections) == 1  # no connection that would rotate at once

@@ -875,6 +875,12 @@ class EventStream:
         conn: Connection | None = None
         try:
             token = await self._auth.get_token()
+            deadline = self._rotation_deadline(token)
+            if deadline is not None and self._clock() >= deadline:
+                # After a long wait (lockout, 429, budget) the cached token may be past its
+                # rotation deadline: a connection with it would have to rotate at once.
+                self._auth.invalidate(token)
+                token = await self._auth.get_token()
             register_secret(token.value, transient=True)
             conn = Connection(
                 self._url,

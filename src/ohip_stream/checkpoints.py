@@ -91,13 +91,16 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 class SQLiteCheckpointStore:
     """Durable checkpoints in a SQLite file (WAL journal, one row per stream).
 
-    Writes run in a worker thread, so the event loop never waits on the disk. Safe to share
-    between streams of one process; across processes the stream guard keeps one writer per
-    stream.
+    A write is one small UPSERT in WAL mode with ``synchronous=NORMAL``: about 20 µs, so by
+    default it runs on the caller's thread (a hop to a worker thread costs ten times more, in
+    contention for the GIL with a busy event loop). On a slow disk (a network file system),
+    pass ``in_thread=True`` so the event loop never waits on it. Safe to share between streams
+    of one process; across processes the stream guard keeps one writer per stream.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, in_thread: bool = False) -> None:
         self.path = Path(path)
+        self.in_thread = in_thread
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -176,19 +179,28 @@ class SQLiteCheckpointStore:
 
     async def load(self, stream_id: str) -> Checkpoint | None:
         """The stream's checkpoint, or ``None``."""
-        return await asyncio.to_thread(self._load, stream_id)
+        if self.in_thread:
+            return await asyncio.to_thread(self._load, stream_id)
+        return self._load(stream_id)
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
         """Write the checkpoint durably (one transaction)."""
-        await asyncio.to_thread(self._save, stream_id, checkpoint)
+        if self.in_thread:
+            await asyncio.to_thread(self._save, stream_id, checkpoint)
+        else:
+            self._save(stream_id, checkpoint)
 
     async def delete(self, stream_id: str) -> bool:
         """Forget the stream's checkpoint; whether there was one."""
-        return await asyncio.to_thread(self._delete, stream_id)
+        if self.in_thread:
+            return await asyncio.to_thread(self._delete, stream_id)
+        return self._delete(stream_id)
 
     async def list(self) -> dict[str, Checkpoint]:
         """Every stored checkpoint by stream id."""
-        return await asyncio.to_thread(self._list)
+        if self.in_thread:
+            return await asyncio.to_thread(self._list)
+        return self._list()
 
     def load_sync(self, stream_id: str) -> Checkpoint | None:
         """:meth:`load` without an event loop (for the command line)."""
@@ -225,4 +237,4 @@ class SQLiteCheckpointStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SQLiteCheckpointStore({str(self.path)!r})"
+        return f"SQLiteCheckpointStore({str(self.path)!r}, in_thread={self.in_thread})"

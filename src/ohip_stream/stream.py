@@ -120,23 +120,16 @@ class _Buffer:
     """The bounded FIFO between the reader and the caller: ``asyncio.Queue``'s ``put``/``get``
     without its task accounting (``task_done``/``join``, unused here), which costs per event."""
 
-    __slots__ = ("_capacity", "_getters", "_items", "_maxsize", "_putters")
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
 
     def __init__(self, maxsize: int) -> None:
         self._items: collections.deque[Any] = collections.deque()
-        self._capacity = maxsize
         self._maxsize = maxsize
         self._getters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def qsize(self) -> int:
         return len(self._items)
-
-    def limit(self, maxsize: int | None) -> None:
-        """Hold puts at ``maxsize`` items for a while (``None``: the capacity again)."""
-        self._maxsize = self._capacity if maxsize is None else min(maxsize, self._capacity)
-        if self._putters and len(self._items) < self._maxsize:
-            _wake_one(self._putters)
 
     def full(self) -> bool:
         return len(self._items) >= self._maxsize
@@ -360,8 +353,6 @@ class EventStream:
         self._dirty = 0
         self._last_commit = 0.0
         self._commit_lock = asyncio.Lock()
-        self._committing: asyncio.Task[None] | None = None
-        self._committing_size = 0
         # Policy counters.
         self._attempt = 0
         self._auth_failures = 0
@@ -514,16 +505,13 @@ class EventStream:
     async def __anext__(self) -> Event:
         if self._has_handed:
             self._has_handed = False
+            # The event handed out last is processed: count it, and commit a batch when due
+            # (every commit_every events or commit_interval seconds).
             self._note_processed(self._handed_offset, self._handed_uid)
-            committing = self._committing
-            if committing is None:
-                if self._commit_due():
-                    await self._commit_in_background()
-            elif committing.done() or self._dirty + self._committing_size >= self._commit_every:
-                # The bound: fewer than commit_every processed events not yet written when the
-                # next one is handed out (so a crash redelivers at most commit_every).
-                self._committing = None
-                await self._wait_commit(committing)  # its error, if any, comes out here
+            if self._dirty >= self._commit_every or (
+                time.monotonic() - self._last_commit >= self._commit_interval
+            ):
+                await self._commit()
         if self._stop_requested or self._closed:
             raise StopAsyncIteration
         if self._fatal is not None:
@@ -595,7 +583,6 @@ class EventStream:
         if self._has_handed:
             self._has_handed = False
             self._note_processed(self._handed_offset, self._handed_uid)
-        await self._settle_background_commit()
         await self._commit(force=True)
 
     async def _close(self, *, commit_handed: bool) -> None:
@@ -608,7 +595,6 @@ class EventStream:
                 self._has_handed = False
                 self._note_processed(self._handed_offset, self._handed_uid)
             await self._stop_pump()
-            await self._settle_background_commit()
             if self._dirty or self._checkpoint.completed_at is not None:
                 await self._commit(force=True)
         finally:
@@ -673,42 +659,6 @@ class EventStream:
         self._done_uid = uid
         self._dirty += 1
 
-    def _commit_due(self) -> bool:
-        # Half-way through a batch: the write then runs while the second half is processed.
-        dirty = self._dirty
-        return dirty >= (self._commit_every + 1) // 2 or (
-            dirty > 0 and time.monotonic() - self._last_commit >= self._commit_interval
-        )
-
-    async def _commit_in_background(self) -> None:
-        # A batch commit while the caller's loop goes on: the store writes in a thread, and
-        # waiting for it (the thread has to get the GIL from the busy loop) let the reader fill
-        # the whole queue. One at a time; __anext__ waits for it only when the bound says so.
-        self._committing_size = 0  # until the write starts, what it covers is still in _dirty
-        self._committing = asyncio.create_task(self._commit())
-        if self._dirty >= self._commit_every:
-            committing, self._committing = self._committing, None
-            await self._wait_commit(committing)
-
-    async def _wait_commit(self, committing: asyncio.Task[None]) -> None:
-        # While the caller waits on the store, the reader reads ahead only a little: a queue
-        # filled meanwhile (a slow fsync) kept hundreds of events alive at once, and the GC
-        # then ran full collections that cost more than the wait.
-        queue = self._queue
-        queue.limit(_HANDOFF_EVERY * 2)
-        try:
-            await committing
-        finally:
-            queue.limit(None)
-
-    async def _settle_background_commit(self) -> None:
-        # Before a forced commit: the one in flight ends first (its error, if any, is superseded
-        # by the forced commit, which writes the same state and raises on its own).
-        committing, self._committing = self._committing, None
-        if committing is not None:
-            with contextlib.suppress(Exception):
-                await committing
-
     async def _processed(self, offset: str | None, uid: str | None) -> None:
         self._note_processed(offset, uid)
         if self._dirty >= self._commit_every or (
@@ -728,7 +678,6 @@ class EventStream:
             )
             dirty = self._dirty
             self._dirty = 0
-            self._committing_size = dirty  # what a commit in the background covers
             self._last_commit = time.monotonic()
             try:
                 await self._checkpoints.save(self.stream_id, checkpoint)

@@ -134,6 +134,16 @@ class _Buffer:
     def full(self) -> bool:
         return len(self._items) >= self._maxsize
 
+    def offer(self, item: Any) -> bool:
+        """Append ``item`` if there is room (waking a waiting ``get``); whether it was."""
+        items = self._items
+        if len(items) >= self._maxsize:
+            return False
+        items.append(item)
+        if self._getters:
+            _wake_one(self._getters)
+        return True
+
     def put_nowait(self, item: Any) -> None:
         if len(self._items) >= self._maxsize:
             raise asyncio.QueueFull
@@ -331,7 +341,7 @@ class EventStream:
         self._url = ""
         self._completing = False
         self._liveness_lost = False
-        self._waiting_since: float | None = None
+        self._reading_since: float | None = None
         # Resume and de-duplication (protocol §6).
         self._last_seen = -1  # highest offset received into the pipeline (int)
         self._last_seen_offset: str | None = None
@@ -507,7 +517,11 @@ class EventStream:
             self._has_handed = False
             # The event handed out last is processed: count it, and commit a batch when due
             # (every commit_every events or commit_interval seconds).
-            self._note_processed(self._handed_offset, self._handed_uid)
+            offset = self._handed_offset
+            if offset is not None:  # _note_processed, inlined on the hot path
+                self._done_offset = offset
+                self._done_uid = self._handed_uid
+                self._dirty += 1
             if self._dirty >= self._commit_every or (
                 time.monotonic() - self._last_commit >= self._commit_interval
             ):
@@ -978,13 +992,17 @@ class EventStream:
             await conn.send_ping()
 
     async def _read(self, conn: Connection) -> None:
-        """The hot path: frames -> events -> de-duplication -> the bounded queue."""
+        """The hot path: frames -> events -> de-duplication -> the bounded queue.
+
+        Per event it does only what it must; the highest offset seen is kept in a local and
+        written back when the connection ends (nothing else reads it while this runs).
+        """
         ws = conn.ws
         assert ws is not None
-        proto = conn.protocol
-        receive = proto.receive
+        receive = conn.protocol.receive
         recv = ws.recv
         queue = self._queue
+        offer = queue.offer
         stats = self.stats
         seen = self._seen_ids
         seen_add = seen.add
@@ -992,78 +1010,93 @@ class EventStream:
         remember = order.append
         forget_oldest = order.popleft
         window = self._window
-        monotonic = time.monotonic
+        last_seen = self._last_seen
+        last_seen_offset = self._last_seen_offset
         first = True
         handed_off = 0
-        while True:
-            self._waiting_since = monotonic()
-            try:
-                frame = await recv()
-            except ConnectionClosed:
-                self._waiting_since = None
-                if self._completing:
-                    raise _Planned() from None
-                raise
-            self._waiting_since = None
-            item = receive(frame)
-            if type(item) is Next:
-                event = item.event
-                metadata = event.metadata
-                offset = metadata.offset
+        # Liveness counts only time spent waiting on the socket: from here, and again after
+        # each wait for room in the queue (protocol §4: a late pong during a burst is fine).
+        self._reading_since = time.monotonic()
+        try:
+            while True:
                 try:
-                    number = int(offset)
-                except ValueError:
-                    number = -1
-                if first:
-                    first = False
-                    self._first_event(number)
-                if 0 <= number <= self._last_seen:
-                    stats.duplicates += 1
-                    continue
-                uid = metadata.unique_event_id
-                if uid in seen:
-                    stats.duplicates += 1
-                    continue
-                seen_add(uid)
-                remember(uid)
-                if len(order) > window:
-                    seen.discard(forget_oldest())
-                if number >= 0:
-                    self._last_seen = number
-                    self._last_seen_offset = offset
-                if self._stopping:
-                    continue
-                if queue.full():
-                    await queue.put(event)
-                else:
-                    queue.put_nowait(event)
-                    handed_off += 1
-                    if handed_off >= _HANDOFF_EVERY:
-                        # Let the caller take what is queued before reading on (_HANDOFF_EVERY).
-                        handed_off = 0
-                        await asyncio.sleep(0)
-            elif type(item) is InvalidNext:
-                if first:
-                    first = False
-                    self._first_event(-1)
-                bad_offset = item.offset
-                if bad_offset is not None and bad_offset.isdigit():
-                    if int(bad_offset) <= self._last_seen:
+                    frame = await recv()
+                except ConnectionClosed:
+                    if self._completing:
+                        raise _Planned() from None
+                    raise
+                item = receive(frame)
+                if type(item) is Next:
+                    event = item.event
+                    metadata = event.metadata
+                    offset = metadata.offset
+                    try:
+                        number = int(offset)
+                    except ValueError:
+                        number = -1
+                    if first:
+                        first = False
+                        self._first_event(number)
+                    if 0 <= number <= last_seen:
                         stats.duplicates += 1
                         continue
-                    self._last_seen = int(bad_offset)
-                    self._last_seen_offset = bad_offset
-                if not self._stopping:
-                    await queue.put(item)
-            elif type(item) is Ping:
-                await conn.flush()
-            elif type(item) is ErrorMessage:
-                raise SubscriptionError(
-                    f"the gateway refused the subscription: {item.message}", reason=item.message
-                )
-            elif type(item) is Complete and not self._completing:
-                # The server ended the subscription; the close that follows is handled above.
-                _log.info("stream %s: the server completed the subscription", self.stream_id)
+                    uid = metadata.unique_event_id
+                    if uid in seen:
+                        stats.duplicates += 1
+                        continue
+                    seen_add(uid)
+                    remember(uid)
+                    if len(order) > window:
+                        seen.discard(forget_oldest())
+                    if number >= 0:
+                        last_seen = number
+                        last_seen_offset = offset
+                    if self._stopping:
+                        continue
+                    if offer(event):
+                        handed_off += 1
+                        if handed_off >= _HANDOFF_EVERY:
+                            # Let the caller take what is queued before reading on.
+                            handed_off = 0
+                            await asyncio.sleep(0)
+                    else:
+                        await self._wait_for_room(event)
+                elif type(item) is InvalidNext:
+                    if first:
+                        first = False
+                        self._first_event(-1)
+                    bad_offset = item.offset
+                    if bad_offset is not None and bad_offset.isdigit():
+                        if int(bad_offset) <= last_seen:
+                            stats.duplicates += 1
+                            continue
+                        last_seen = int(bad_offset)
+                        last_seen_offset = bad_offset
+                    if not self._stopping:
+                        await self._wait_for_room(item)
+                elif type(item) is Ping:
+                    await conn.flush()
+                elif type(item) is ErrorMessage:
+                    raise SubscriptionError(
+                        f"the gateway refused the subscription: {item.message}",
+                        reason=item.message,
+                    )
+                elif type(item) is Complete and not self._completing:
+                    # The server ended the subscription; the close that follows is handled above.
+                    _log.info("stream %s: the server completed the subscription", self.stream_id)
+        finally:
+            self._reading_since = None
+            self._last_seen = last_seen
+            self._last_seen_offset = last_seen_offset
+
+    async def _wait_for_room(self, item: Any) -> None:
+        # The caller is slower than the gateway: stop reading, so TCP pushes back on the server
+        # (backpressure); this wait does not count against liveness.
+        self._reading_since = None
+        try:
+            await self._queue.put(item)
+        finally:
+            self._reading_since = time.monotonic()
 
     def _first_event(self, number: int) -> None:
         # Progress: the policy counts consecutive failures without an event in between.
@@ -1124,9 +1157,9 @@ class EventStream:
             if now >= next_ping:
                 next_ping = now + timings.ping_interval
                 await conn.send_ping()
-            waiting_since = self._waiting_since
-            if waiting_since is not None:
-                silent = now - max(conn.protocol.last_alive, waiting_since)
+            reading_since = self._reading_since
+            if reading_since is not None:
+                silent = now - max(conn.protocol.last_alive, reading_since)
                 if silent > timings.liveness_timeout:
                     _log.warning(
                         "stream %s: no pong and no event for %.3g s; dropping the connection",

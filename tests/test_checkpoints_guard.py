@@ -114,3 +114,13 @@ def test_guard_refuses_another_process_and_is_freed_when_it_dies(tmp_path: Path)
     guard = StreamGuard("proc", lock_dir=tmp_path)
     guard.acquire()  # the OS released the dead process's lock
     guard.release()
+
+
+async def test_sqlite_store_in_a_worker_thread_behaves_the_same(tmp_path: Path) -> None:
+    store = SQLiteCheckpointStore(tmp_path / "offsets.db", in_thread=True)
+    await store.save("a", Checkpoint("7", "u7", None, 1.0))
+    assert await store.load("a") == Checkpoint("7", "u7", None, 1.0)
+    assert list(await store.list()) == ["a"]
+    assert await store.delete("a") is True
+    assert "in_thread=True" in repr(store)
+    store.close()

@@ -721,3 +721,28 @@ def test_errors_are_retriable_protocol_errors() -> None:
     with pytest.raises(ProtocolError) as info:
         subscribed().receive("nope")
     assert info.value.retriable is True
+
+
+def test_json_nested_too_deeply_is_a_protocol_error() -> None:
+    proto = ClientProtocol()
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        proto.receive('{"type":"ping","payload":' + deep + "}")
+
+
+def test_an_event_too_deep_to_validate_is_a_protocol_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ohip_stream.protocol as protocol_module
+
+    def too_deep(data: object) -> object:
+        raise RecursionError
+
+    proto = ClientProtocol()
+    proto.connection_init({})
+    proto.receive('{"type":"connection_ack"}')
+    proto.subscribe({"query": "subscription { newEvent }"})
+    monkeypatch.setattr(protocol_module, "event_from_data", too_deep)
+    frame = '{"id":"1","type":"next","payload":{"data":{"newEvent":{"a":1}}}}'
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        proto.receive(frame)

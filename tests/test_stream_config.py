@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from ohip_stream import (
     ConsumerAlreadyRunningError,
     EventStream,
     StaticToken,
+    Timings,
 )
 from ohip_stream.stream import stream_id_for
 
@@ -105,3 +107,24 @@ def test_rotation_deadline_is_the_earlier_of_rotate_after_and_expiry_minus_margi
     assert stream._rotation_deadline(AccessToken("t", 1000.0, 1600.0)) == 1600.0
     # No expiry: never forced.
     assert stream._rotation_deadline(AccessToken("t", 1000.0, None)) is None
+
+
+async def test_streams_of_one_key_share_the_upgrade_budget(tmp_path: Path) -> None:
+    timings = Timings(upgrade_budget=(2, 60.0))
+    other_key = "99999999-8888-4777-8666-555555555555"
+    async with (
+        make(tmp_path, chain_code="CHAIN1", timings=timings) as first,
+        make(tmp_path, chain_code="CHAIN2", timings=timings) as second,
+        make(tmp_path, app_key=other_key, timings=timings) as third,
+    ):
+        assert first._budget is not None
+        assert second._budget is not None
+        assert third._budget is not None
+        assert first._budget is second._budget
+        assert third._budget is not first._budget
+        now = time.monotonic()
+        first._budget.record(now)
+        first._budget.record(now)
+        # Oracle counts upgrades per key: the other chain of the key must wait too.
+        assert second._budget.wait_time(now) > 0
+        assert third._budget.wait_time(now) == 0

@@ -24,7 +24,9 @@ import logging
 import random
 import signal
 import ssl as ssl_module
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,7 +446,7 @@ class EventStream:
         self._document(self._start_offset, self._start_at_highest)
         self._ssl_context = self._make_ssl_context()
         self._window = self._dedup_window or max(self._queue_size * 2, 10_000)
-        self._budget = UpgradeBudget(*self.timings.upgrade_budget)
+        self._budget = _shared_budget(self._app_key, *self.timings.upgrade_budget)
 
     def _make_ssl_context(self) -> ssl_module.SSLContext | None:
         option = self._ssl_option
@@ -1193,6 +1195,25 @@ class EventStream:
             f"EventStream(stream_id={self.stream_id!r}, chain_code={self._chain_code!r}, "
             f"gateway={_gateway_host(self._gateway_url)!r})"
         )
+
+
+# Oracle counts upgrades per application key (HTTP 429 past 150 in 2 minutes, protocol §1), and
+# one key may stream several chains at once: the streams of one key in this process share one
+# budget.
+_budgets: weakref.WeakValueDictionary[tuple[str, int, float], UpgradeBudget] = (
+    weakref.WeakValueDictionary()
+)
+_budgets_lock = threading.Lock()
+
+
+def _shared_budget(app_key: str, count: int, window: float) -> UpgradeBudget:
+    key = (_digest(app_key.strip()), count, window)
+    with _budgets_lock:
+        budget = _budgets.get(key)
+        if budget is None:
+            budget = UpgradeBudget(count, window)
+            _budgets[key] = budget
+        return budget
 
 
 def _action_delay(state: RetryCallState) -> float:

@@ -40,9 +40,17 @@ class StreamGuard:
     """
 
     def __init__(
-        self, key: str, *, lock_dir: str | Path | None = None, description: str = ""
+        self,
+        key: str,
+        *,
+        lock_dir: str | Path | None = None,
+        description: str = "",
+        upgrades_key: str | None = None,
     ) -> None:
         self.key = key
+        # Upgrades are counted per application key (Oracle's 429 limit): the streams of one key
+        # share the file of recent upgrades, named by this non-reversible digest.
+        self.upgrades_key = upgrades_key or key
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
         self.description = description or f"stream {key}"
         self._file_lock: FileLock | None = None
@@ -107,7 +115,7 @@ class StreamGuard:
 
     @property
     def _upgrades_path(self) -> Path:
-        return self.lock_dir / f"{self.key}.upgrades"
+        return self.lock_dir / f"{self.upgrades_key}.upgrades"
 
     def recent_upgrades(self, window: float, now: float) -> list[float]:
         """Epoch times of the upgrades recorded under this key in the last ``window`` seconds,

@@ -372,6 +372,7 @@ class EventStream:
         self._same_offset_failures = 0
         self._failure_offset: int | None = None
         self._budget: UpgradeBudget | None = None
+        self._budget_is_new = False
         self._signals: list[int] = []
 
     # --- construction from the environment ----------------------------------------------------
@@ -446,7 +447,9 @@ class EventStream:
         self._document(self._start_offset, self._start_at_highest)
         self._ssl_context = self._make_ssl_context()
         self._window = self._dedup_window or max(self._queue_size * 2, 10_000)
-        self._budget = _shared_budget(self._app_key, *self.timings.upgrade_budget)
+        self._budget, self._budget_is_new = _shared_budget(
+            self._app_key, *self.timings.upgrade_budget
+        )
 
     def _make_ssl_context(self) -> ssl_module.SSLContext | None:
         option = self._ssl_option
@@ -483,7 +486,12 @@ class EventStream:
         scope = f"stream {self.stream_id} (chain {self._chain_code})"
         if self._guard_scope == "app_key":
             scope = f"application key {key}"
-        guard = StreamGuard(key, lock_dir=self._lock_dir, description=scope)
+        guard = StreamGuard(
+            key,
+            lock_dir=self._lock_dir,
+            description=scope,
+            upgrades_key=_digest(self._app_key.strip()),
+        )
         guard.acquire()
         self._guard = guard
         self._entered = True
@@ -800,10 +808,13 @@ class EventStream:
             await self._sleep(rest)
 
     def _load_budget(self, guard: StreamGuard) -> None:
-        # Protocol §1: upgrades made by an earlier process of this stream (a crash and a
-        # restart) count against the budget too, or a crash loop would reach the 429.
+        # Protocol §1: upgrades made with this key by an earlier process (a crash and a
+        # restart) count against the budget too, or a crash loop would reach the 429. Once per
+        # process and key: later streams of the key share the budget that already counts them.
         budget = self._budget
         assert budget is not None
+        if not self._budget_is_new:
+            return
         wall, mono = time.time(), time.monotonic()
         for at in guard.recent_upgrades(budget.window, wall):
             budget.record(mono - (wall - at))
@@ -1206,14 +1217,16 @@ _budgets: weakref.WeakValueDictionary[tuple[str, int, float], UpgradeBudget] = (
 _budgets_lock = threading.Lock()
 
 
-def _shared_budget(app_key: str, count: int, window: float) -> UpgradeBudget:
+def _shared_budget(app_key: str, count: int, window: float) -> tuple[UpgradeBudget, bool]:
+    """The budget of ``app_key`` in this process, and whether it was made just now."""
     key = (_digest(app_key.strip()), count, window)
     with _budgets_lock:
         budget = _budgets.get(key)
-        if budget is None:
-            budget = UpgradeBudget(count, window)
-            _budgets[key] = budget
-        return budget
+        if budget is not None:
+            return budget, False
+        budget = UpgradeBudget(count, window)
+        _budgets[key] = budget
+        return budget, True
 
 
 def _action_delay(state: RetryCallState) -> float:

@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -34,10 +34,6 @@ class Checkpoint:
     unique_event_id: str | None = None
     completed_at: float | None = None
     updated_at: float = 0.0
-
-    def with_offset(self, offset: str, unique_event_id: str | None, now: float) -> Checkpoint:
-        """A copy with a new processed offset."""
-        return replace(self, offset=offset, unique_event_id=unique_event_id, updated_at=now)
 
 
 @runtime_checkable

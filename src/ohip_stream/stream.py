@@ -133,9 +133,6 @@ class _Buffer:
     def qsize(self) -> int:
         return len(self._items)
 
-    def full(self) -> bool:
-        return len(self._items) >= self._maxsize
-
     def offer(self, item: Any) -> bool:
         """Append ``item`` if there is room (waking a waiting ``get``); whether it was."""
         items = self._items
@@ -147,11 +144,8 @@ class _Buffer:
         return True
 
     def put_nowait(self, item: Any) -> None:
-        if len(self._items) >= self._maxsize:
+        if not self.offer(item):
             raise asyncio.QueueFull
-        self._items.append(item)
-        if self._getters:
-            _wake_one(self._getters)
 
     def get_nowait(self) -> Any:
         if not self._items:

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from ohip_stream import (
+    Event,
     EventStream,
     MemoryCheckpointStore,
     ProtocolError,
@@ -45,7 +46,7 @@ from ohip_stream import (
 )
 from ohip_stream.checkpoints import Checkpoint
 from ohip_stream.stream import _Retry, stream_id_for
-from ohip_stream.testing import Emulator
+from ohip_stream.testing import Emulator, make_event
 
 pytestmark = pytest.mark.chaos
 
@@ -475,17 +476,22 @@ def _offline_stream(tmp_path: Path, **kwargs: Any) -> EventStream:
     )
 
 
+def _event(offset: int) -> Event:
+    wire = make_event(metadata={"offset": str(offset), "uniqueEventId": f"u{offset}"})
+    return Event.model_validate(wire)
+
+
 async def test_a_commit_in_flight_does_not_undo_a_complete_or_an_offset(tmp_path: Path) -> None:
     # The consumer's batch commit was writing when the pump recorded the end of a drained
     # connection: the write used to put back the checkpoint it started with, losing the
     # complete time (the next subscribe then skipped the gap: 4409 on a real gateway).
     store = _SlowStore()
     async with _offline_stream(tmp_path, checkpoints=store) as stream:
-        stream._note_processed("5", "u5")
+        stream._note_processed(_event(5))
         writing = asyncio.create_task(stream._commit(force=True))
         await asyncio.sleep(0)
         stream._mark_completed()
-        stream._note_processed("6", "u6")
+        stream._note_processed(_event(6))
         store.gate.set()
         await writing
         assert stream._checkpoint.completed_at is not None

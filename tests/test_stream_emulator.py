@@ -370,6 +370,38 @@ async def test_break_commits_the_last_event_and_an_exception_does_not(
         assert offsets(more) == [6]
 
 
+async def test_commits_come_in_batches_by_count_and_by_time(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=12)
+    store = MemoryCheckpointStore()
+    saved: list[str | None] = []
+    save = store.save
+
+    async def recording_save(stream_id: str, checkpoint: Any) -> None:
+        saved.append(checkpoint.offset)
+        await save(stream_id, checkpoint)
+
+    store.save = recording_save  # type: ignore[method-assign]
+    async with stream_for(
+        emu, tmp_path, checkpoints=store, commit_every=5, commit_interval=0.3
+    ) as stream:
+        assert offsets(await take(stream, 11)) == list(range(1, 12))
+        # By count: a commit when the 5th and the 10th events are processed, not before.
+        assert saved == ["5", "10"]
+        # Event 11 counts as processed once event 12 is asked for; by time, it is committed
+        # within commit_interval even though no further event is asked for.
+        event = await take(stream, 1)
+        assert offsets(event) == [12]
+        await asyncio.sleep(0.6)
+        assert saved[-1] == "11"
+        # Asking for the next event on a quiet stream commits event 12 (its time has come).
+        waiting = asyncio.create_task(take(stream, 1, timeout=5))
+        await asyncio.sleep(0.6)
+        assert saved[-1] == "12"
+        await emu.publish(count=1)
+        assert offsets(await waiting) == [13]
+    assert saved[-1] == "13"  # leaving the block commits the last event
+
+
 async def test_invalid_events_raise_skip_or_reach_the_callback(
     emu: Emulator, tmp_path: Path
 ) -> None:

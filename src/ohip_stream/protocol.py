@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from ohip_stream._exceptions import ConfigurationError, EventValidationError, ProtocolError
-from ohip_stream.models import Event, event_from_data, parse_next_frame
+from ohip_stream.models import Event, _validate_next_json, event_from_data
 
 __all__ = [
     "SUBPROTOCOL",
@@ -280,21 +280,29 @@ class ClientProtocol:
         state = self.state
         if state is State.CLOSED:
             raise ProtocolError("received a frame after the connection closed")
-        if state is _SUBSCRIBED or state is _COMPLETING:  # not ``in``: Enum hashes in Python
-            # The hot path: a whole ``next`` frame validated in one pass from its raw text.
-            try:
-                frame = parse_next_frame(text)
-            except ValidationError:
-                pass
-            else:
-                if frame.id != self.subscription_id:
-                    raise ProtocolError(
-                        f"received next for unknown subscription id {frame.id!r} "
-                        f"(ours is {self.subscription_id!r})"
-                    )
-                self.last_alive = self.clock()
-                return Next(frame.payload.data.newEvent)
+        event = self.receive_event(text)
+        if event is not None:
+            return Next(event)
         return self._receive_slow(text if isinstance(text, str) else _decode(text))
+
+    def receive_event(self, text: str | bytes) -> Event | None:
+        """The hot path: the valid event of a ``next`` frame of the running subscription, or
+        ``None`` for any other frame (give that one to :meth:`receive`).
+
+        The whole frame is validated in one pass from its raw text; nothing else is built.
+        """
+        state = self.state
+        if state is not _SUBSCRIBED and state is not _COMPLETING:  # ``in`` hashes the Enum
+            return None
+        try:
+            frame = _validate_next_json(text)
+        except ValidationError:
+            return None
+        if frame.id != self.subscription_id:
+            return None  # :meth:`receive` names the unknown id
+        self.last_alive = self.clock()
+        event: Event = frame.payload.data.newEvent
+        return event
 
     def receive_close(self, code: int | None, reason: str = "") -> Closed:
         """The WebSocket closed; ``None`` (no close frame) counts as 1006."""

@@ -341,23 +341,25 @@ class EventStream:
         # Resume and de-duplication (protocol §6).
         self._last_seen = -1  # highest offset received into the pipeline (int)
         self._last_seen_offset: str | None = None
-        # The last ``dedup_window`` unique ids, as a set and in arrival order (a ring): O(1) per
-        # event (a dict popped from the front slows down as deleted slots pile up there).
-        self._seen_ids: set[str] = set()
-        self._seen_order: collections.deque[str] = collections.deque()
+        # At least the last ``dedup_window`` unique ids, in two generations: ids go into the
+        # young set; when it holds dedup_window ids it becomes the old one (the previous old one
+        # is dropped). Two lookups and one add per event.
+        self._seen_young: set[str] = set()
+        self._seen_old: set[str] = set()
         self._window = 0
         self._asked_offset: int | None = None
         self._first_start = True
         # Processing and commits.
-        self._handed_offset: str | None = None
-        self._handed_uid: str | None = None
-        self._has_handed = False
-        # The offset processed last, not yet folded into _checkpoint (see that property).
-        self._done_offset: str | None = None
-        self._done_uid: str | None = None
+        # The event (or dead-lettered frame) handed out last: processed when the next is asked.
+        self._handed: Event | InvalidNext | None = None
+        # The one processed last, not yet folded into _checkpoint (see that property).
+        self._done: Event | InvalidNext | None = None
         self._checkpoint_base = Checkpoint()
         self._dirty = 0
-        self._last_commit = 0.0
+        # Set by a timer commit_interval after each commit (no clock read per event).
+        self._commit_due = False
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._idle_commit: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
         # Policy counters.
         self._attempt = 0
@@ -517,36 +519,36 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
-        if self._has_handed:
-            self._has_handed = False
-            # The event handed out last is processed: count it, and commit a batch when due
-            # (every commit_every events or commit_interval seconds).
-            offset = self._handed_offset
-            if offset is not None:  # _note_processed, inlined on the hot path
-                self._done_offset = offset
-                self._done_uid = self._handed_uid
-                self._dirty += 1
-            if self._dirty >= self._commit_every or (
-                time.monotonic() - self._last_commit >= self._commit_interval
-            ):
+        handed = self._handed
+        if handed is not None:
+            # The event handed out last is processed: count it (_note_processed, inlined on
+            # the hot path), and commit a batch when due (every commit_every events or
+            # commit_interval seconds).
+            self._handed = None
+            self._done = handed
+            self._dirty += 1
+            if self._dirty >= self._commit_every or self._commit_due:
                 await self._commit()
         if self._stop_requested or self._closed:
             raise StopAsyncIteration
         if self._fatal is not None:
             raise self._fatal
-        if self._task is None:
-            self._start()
         queue = self._queue
+        items = queue._items
         while True:
-            item = queue.get_nowait() if queue.qsize() else await queue.get()
+            if items:  # Buffer.get_nowait, inlined
+                item = items.popleft()
+                if queue._putters:
+                    _wake_one(queue._putters)
+            else:
+                if self._task is None:
+                    self._start()
+                item = await queue.get()
             if type(item) is Event:
-                metadata = item.metadata
-                self._handed_offset = metadata.offset
-                self._handed_uid = metadata.unique_event_id
-                self._has_handed = True
+                self._handed = item
                 stats = self.stats
                 stats.events += 1
-                stats.last_offset = metadata.offset
+                stats.last_offset = item.metadata.offset
                 return item
             if isinstance(item, InvalidNext):
                 await self._invalid(item)
@@ -562,9 +564,8 @@ class EventStream:
         handler = self._on_invalid
         if handler == "raise":
             # The stream stays usable: the next __anext__ marks this event processed.
-            self._handed_offset = item.offset
-            self._handed_uid = None
-            self._has_handed = True
+            if item.offset is not None:
+                self._handed = item
             raise item.error
         if handler == "skip":
             _log.warning("skipped an invalid event: %s", item.error)
@@ -572,12 +573,13 @@ class EventStream:
             result = handler(item.raw, item.error)
             if inspect.isawaitable(result):
                 await result
-        await self._processed(item.offset, None)
+        await self._processed(item)
 
     def _start(self) -> None:
         if not self._entered:
             raise ConfigurationError("use the stream inside 'async with EventStream(...)'")
         self._task = asyncio.create_task(self._run(), name=f"ohip-stream-{self.stream_id}")
+        self._arm_commit_timer()
 
     def request_stop(self) -> None:
         """Ask the iteration to end (thread-unsafe; call from the loop): ``async for`` ends at
@@ -598,9 +600,7 @@ class EventStream:
 
     async def commit(self) -> None:
         """Count the event handed out last as processed and write the checkpoint now."""
-        if self._has_handed:
-            self._has_handed = False
-            self._note_processed(self._handed_offset, self._handed_uid)
+        self._note_handed()
         await self._commit(force=True)
 
     async def _close(self, *, commit_handed: bool) -> None:
@@ -609,10 +609,15 @@ class EventStream:
         self._closed = True
         self._stop_requested = True
         try:
-            if commit_handed and self._has_handed:
-                self._has_handed = False
-                self._note_processed(self._handed_offset, self._handed_uid)
+            if commit_handed:
+                self._note_handed()
+            self._handed = None
             await self._stop_pump()
+            if self._commit_timer is not None:
+                self._commit_timer.cancel()
+            idle_commit = self._idle_commit
+            if idle_commit is not None and not idle_commit.done():
+                await asyncio.gather(idle_commit, return_exceptions=True)
             if self._dirty or self._checkpoint.completed_at is not None:
                 await self._commit(force=True)
         finally:
@@ -638,8 +643,7 @@ class EventStream:
             # server close, so that the gap is known and the stream is released cleanly.
             self._stopping = True
             # Events not handed out yet are not processed: they come again next time.
-            while self._queue.qsize():
-                self._queue.get_nowait()
+            self._queue._items.clear()
             try:
                 await self._begin_complete(conn, "stop")
                 await asyncio.wait_for(asyncio.shield(task), self.timings.drain_timeout + 5)
@@ -654,35 +658,64 @@ class EventStream:
 
     @property
     def _checkpoint(self) -> Checkpoint:
-        """Where the stream stands: the offset processed last is folded in when read."""
-        offset = self._done_offset
-        if offset is not None:
-            self._done_offset = None
+        """Where the stream stands: the event processed last is folded in when read."""
+        done = self._done
+        if done is not None:
+            self._done = None
+            if type(done) is Event:
+                offset: str | None = done.metadata.offset
+                uid = done.metadata.unique_event_id
+            else:
+                assert isinstance(done, InvalidNext)
+                offset, uid = done.offset, None
             base = self._checkpoint_base
-            self._checkpoint_base = Checkpoint(
-                offset, self._done_uid, base.completed_at, base.updated_at
-            )
+            self._checkpoint_base = Checkpoint(offset, uid, base.completed_at, base.updated_at)
         return self._checkpoint_base
 
     @_checkpoint.setter
     def _checkpoint(self, checkpoint: Checkpoint) -> None:
         self._checkpoint_base = checkpoint
 
-    def _note_processed(self, offset: str | None, uid: str | None) -> None:
+    def _note_processed(self, item: Event | InvalidNext) -> None:
         # Per event, only remembered: reading _checkpoint folds it in (a Checkpoint per event
         # cost more than the rest of the per-event bookkeeping).
-        if offset is None:
+        if type(item) is InvalidNext and item.offset is None:
             return
-        self._done_offset = offset
-        self._done_uid = uid
+        self._done = item
         self._dirty += 1
 
-    async def _processed(self, offset: str | None, uid: str | None) -> None:
-        self._note_processed(offset, uid)
-        if self._dirty >= self._commit_every or (
-            self._dirty and time.monotonic() - self._last_commit >= self._commit_interval
-        ):
+    def _note_handed(self) -> None:
+        handed = self._handed
+        if handed is not None:
+            self._handed = None
+            self._note_processed(handed)
+
+    async def _processed(self, item: InvalidNext) -> None:
+        self._note_processed(item)
+        if self._dirty and (self._dirty >= self._commit_every or self._commit_due):
             await self._commit()
+
+    def _arm_commit_timer(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+        self._commit_due = False
+        self._commit_timer = asyncio.get_running_loop().call_later(
+            self._commit_interval, self._commit_time
+        )
+
+    def _commit_time(self) -> None:
+        # commit_interval has passed since the last commit: the next event asked for commits;
+        # processed events waiting for a quiet stream are committed now.
+        self._commit_timer = None
+        self._commit_due = True
+        if self._dirty and not self._closed and not self._commit_lock.locked():
+            self._idle_commit = asyncio.create_task(self._commit_quietly())
+
+    async def _commit_quietly(self) -> None:
+        try:
+            await self._commit()
+        except Exception as exc:  # the next commit writes it again (the count is kept)
+            _log.warning("stream %s: a checkpoint commit failed: %s", self.stream_id, exc)
 
     async def _commit(self, *, force: bool = False) -> None:
         async with self._commit_lock:
@@ -696,7 +729,8 @@ class EventStream:
             )
             dirty = self._dirty
             self._dirty = 0
-            self._last_commit = time.monotonic()
+            if not self._closed:
+                self._arm_commit_timer()
             try:
                 await self._checkpoints.save(self.stream_id, checkpoint)
             except BaseException:
@@ -771,8 +805,7 @@ class EventStream:
             self._last_seen = int(checkpoint.offset)
             self._last_seen_offset = checkpoint.offset
         if checkpoint.unique_event_id:
-            self._seen_ids.add(checkpoint.unique_event_id)
-            self._seen_order.append(checkpoint.unique_event_id)
+            self._seen_young.add(checkpoint.unique_event_id)
         _log.info(
             "stream %s resumes after offset %s", self.stream_id, checkpoint.offset or "(none)"
         )
@@ -1001,21 +1034,23 @@ class EventStream:
     async def _read(self, conn: Connection) -> None:
         """The hot path: frames -> events -> de-duplication -> the bounded queue.
 
-        Per event it does only what it must; the highest offset seen is kept in a local and
-        written back when the connection ends (nothing else reads it while this runs).
+        Per event it does only what it must; the highest offset seen and the de-duplication
+        sets are kept in locals and written back when the connection ends (nothing else reads
+        them while this runs).
         """
         ws = conn.ws
         assert ws is not None
-        receive = conn.protocol.receive
+        protocol = conn.protocol
+        receive_event = protocol.receive_event
+        receive = protocol.receive
         recv = ws.recv
         queue = self._queue
-        offer = queue.offer
+        items = queue._items
+        getters = queue._getters
+        maxsize = queue._maxsize
         stats = self.stats
-        seen = self._seen_ids
-        seen_add = seen.add
-        order = self._seen_order
-        remember = order.append
-        forget_oldest = order.popleft
+        young = self._seen_young
+        old = self._seen_old
         window = self._window
         last_seen = self._last_seen
         last_seen_offset = self._last_seen_offset
@@ -1032,65 +1067,75 @@ class EventStream:
                     if self._completing:
                         raise _Planned() from None
                     raise
-                item = receive(frame)
-                if type(item) is Next:
-                    event = item.event
-                    metadata = event.metadata
-                    offset = metadata.offset
-                    try:
-                        number = int(offset)
-                    except ValueError:
-                        number = -1
-                    if first:
-                        first = False
-                        self._first_event(number)
-                    if 0 <= number <= last_seen:
-                        stats.duplicates += 1
-                        continue
-                    uid = metadata.unique_event_id
-                    if uid in seen:
-                        stats.duplicates += 1
-                        continue
-                    seen_add(uid)
-                    remember(uid)
-                    if len(order) > window:
-                        seen.discard(forget_oldest())
-                    if number >= 0:
-                        last_seen = number
-                        last_seen_offset = offset
-                    if self._stopping:
-                        continue
-                    if offer(event):
-                        handed_off += 1
-                        if handed_off >= _HANDOFF_EVERY:
-                            # Let the caller take what is queued before reading on.
-                            handed_off = 0
-                            await asyncio.sleep(0)
+                event = receive_event(frame)
+                if event is None:
+                    item = receive(frame)
+                    if type(item) is Next:
+                        event = item.event
                     else:
-                        await self._wait_for_room(event)
-                elif type(item) is InvalidNext:
-                    if first:
-                        first = False
-                        self._first_event(-1)
-                    bad_offset = item.offset
-                    if bad_offset is not None and bad_offset.isdigit():
-                        if int(bad_offset) <= last_seen:
-                            stats.duplicates += 1
-                            continue
-                        last_seen = int(bad_offset)
-                        last_seen_offset = bad_offset
-                    if not self._stopping:
-                        await self._wait_for_room(item)
-                elif type(item) is Ping:
-                    await conn.flush()
-                elif type(item) is ErrorMessage:
-                    raise SubscriptionError(
-                        f"the gateway refused the subscription: {item.message}",
-                        reason=item.message,
-                    )
-                elif type(item) is Complete and not self._completing:
-                    # The server ended the subscription; the close that follows is handled above.
-                    _log.info("stream %s: the server completed the subscription", self.stream_id)
+                        if type(item) is InvalidNext:
+                            if first:
+                                first = False
+                                self._first_event(-1)
+                            bad_offset = item.offset
+                            if bad_offset is not None and bad_offset.isdigit():
+                                if int(bad_offset) <= last_seen:
+                                    stats.duplicates += 1
+                                    continue
+                                last_seen = int(bad_offset)
+                                last_seen_offset = bad_offset
+                            if not self._stopping:
+                                await self._wait_for_room(item)
+                        elif type(item) is Ping:
+                            await conn.flush()
+                        elif type(item) is ErrorMessage:
+                            raise SubscriptionError(
+                                f"the gateway refused the subscription: {item.message}",
+                                reason=item.message,
+                            )
+                        elif type(item) is Complete and not self._completing:
+                            # The server ended the subscription; the close that follows is
+                            # handled above.
+                            _log.info(
+                                "stream %s: the server completed the subscription", self.stream_id
+                            )
+                        continue
+                metadata = event.metadata
+                offset = metadata.offset
+                try:
+                    number = int(offset)
+                except ValueError:
+                    number = -1
+                if first:
+                    first = False
+                    self._first_event(number)
+                if 0 <= number <= last_seen:
+                    stats.duplicates += 1
+                    continue
+                uid = metadata.unique_event_id
+                if uid in young or uid in old:
+                    stats.duplicates += 1
+                    continue
+                young.add(uid)
+                if len(young) >= window:
+                    old = self._seen_old = young
+                    young = self._seen_young = set()
+                if number >= 0:
+                    last_seen = number
+                    last_seen_offset = offset
+                if self._stopping:
+                    continue
+                if len(items) < maxsize:  # Buffer.offer, inlined
+                    items.append(event)
+                    if getters:
+                        _wake_one(getters)
+                    handed_off += 1
+                    if handed_off >= _HANDOFF_EVERY:
+                        # Let the caller take what is queued before reading on.
+                        handed_off = 0
+                        await asyncio.sleep(0)
+                else:
+                    await self._wait_for_room(event)
         finally:
             self._reading_since = None
             self._last_seen = last_seen

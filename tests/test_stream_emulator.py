@@ -32,6 +32,7 @@ from ohip_stream import (
     Timings,
 )
 from ohip_stream.protocol import hash_app_key
+from ohip_stream.stream import stream_id_for
 from ohip_stream.testing import Emulator
 
 GAP = 0.2
@@ -400,6 +401,51 @@ async def test_commits_come_in_batches_by_count_and_by_time(emu: Emulator, tmp_p
         await emu.publish(count=1)
         assert offsets(await waiting) == [13]
     assert saved[-1] == "13"  # leaving the block commits the last event
+
+
+def _pongs(emu: Emulator) -> int:
+    return sum(1 for c in emu.connections for _, kind in c.client_messages if kind == "pong")
+
+
+async def test_a_busy_caller_still_answers_server_pings(emu: Emulator, tmp_path: Path) -> None:
+    # The caller reads the socket itself while it asks for events; while it is busy with one,
+    # the stream's own task reads on, so the server's pings (every 0.2 s here) get their pongs.
+    await emu.publish(count=3)
+    seen: list[str] = []
+    async with stream_for(emu, tmp_path) as stream:
+        async for event in stream:
+            seen.append(event.metadata.offset)
+            if len(seen) == 1:
+                before = _pongs(emu)
+                await asyncio.sleep(1.0)  # busy with the event
+                assert _pongs(emu) - before >= 3
+            if len(seen) == 3:
+                break
+    assert seen == ["1", "2", "3"]
+
+
+async def test_request_stop_ends_a_caller_waiting_on_a_quiet_stream(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    await emu.publish(count=1)
+    store = MemoryCheckpointStore()
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    async def consume() -> None:
+        async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+            async for event in stream:
+                seen.append(event.metadata.offset)
+                # The caller then waits on the socket for an event that does not come.
+                loop.call_later(0.3, stream.request_stop)
+
+    await asyncio.wait_for(consume(), 10)
+    assert seen == ["1"]
+    saved = await store.load(stream_id_for(emu.gateway_url, emu.chain_code, emu.app_key))
+    assert saved is not None
+    assert saved.offset == "1"
+    record = emu.connections[-1]
+    assert record.complete_before_close  # completed, then closed by the server
 
 
 async def test_invalid_events_raise_skip_or_reach_the_callback(

@@ -282,6 +282,7 @@ class ClientProtocol:
             raise ProtocolError("received a frame after the connection closed")
         event = self.receive_event(text)
         if event is not None:
+            self.last_alive = self.clock()
             return Next(event)
         return self._receive_slow(text if isinstance(text, str) else _decode(text))
 
@@ -289,7 +290,8 @@ class ClientProtocol:
         """The hot path: the valid event of a ``next`` frame of the running subscription, or
         ``None`` for any other frame (give that one to :meth:`receive`).
 
-        The whole frame is validated in one pass from its raw text; nothing else is built.
+        The whole frame is validated in one pass from its raw text; nothing else is built, and
+        :attr:`last_alive` is left alone (a caller reading in a loop knows when it read).
         """
         state = self.state
         if state is not _SUBSCRIBED and state is not _COMPLETING:  # ``in`` hashes the Enum
@@ -300,7 +302,6 @@ class ClientProtocol:
             return None
         if frame.id != self.subscription_id:
             return None  # :meth:`receive` names the unknown id
-        self.last_alive = self.clock()
         event: Event = frame.payload.data.newEvent
         return event
 

@@ -83,11 +83,22 @@ InvalidHandler = Callable[[str, Exception], Awaitable[None] | None]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
-# The reader yields to the caller after this many events queued in a row. A socket read holds
-# hundreds of frames, and websockets hands them over without suspending: read at once, their
-# events would all be alive together, survive the garbage collector's young generation and
-# make its full collections frequent (they cost more than the validation itself).
+# The stream's own task, reading while the caller is away, yields to the caller after this many
+# events queued in a row. A socket read holds hundreds of frames, and websockets hands them over
+# without suspending: read at once, their events would all be alive together, survive the
+# garbage collector's young generation and make its full collections frequent (they cost more
+# than the validation itself).
 _HANDOFF_EVERY = 16
+
+# The caller counts as away (busy with an event, or not iterating) when it asked for no event
+# for this long; the stream's own task then reads ahead into the queue and answers pings.
+_CALLER_AWAY = 0.05
+
+# Who reads the subscribed connection: the caller (from __anext__, or from the loop of _next),
+# or the stream's own task.
+_CALLER = 1
+_CALLER_LOOP = 2
+_PUMP = 3
 
 
 @dataclass
@@ -166,6 +177,11 @@ class _Buffer:
         return self.get_nowait()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _wake_one(waiters: collections.deque[asyncio.Future[None]]) -> None:
     while waiters:
         waiter = waiters.popleft()
@@ -192,6 +208,24 @@ async def _wait_turn(
         if ready and waiter.done() and not waiter.cancelled():
             _wake_one(waiters)
         raise
+
+
+class _Live:
+    """The subscribed connection being read: by the caller itself while it asks for events
+    (no hand-over between tasks per event), or by the stream's own task while it is away."""
+
+    __slots__ = ("conn", "ended", "first", "outcome", "owner", "receive", "receive_event", "recv")
+
+    def __init__(self, conn: Connection) -> None:
+        assert conn.ws is not None
+        self.conn = conn
+        self.recv = conn.ws.recv
+        self.receive_event = conn.protocol.receive_event
+        self.receive = conn.protocol.receive
+        self.owner: int | None = None
+        self.ended = False
+        self.outcome: BaseException | None = None
+        self.first = True
 
 
 class _Fatal:
@@ -279,7 +313,7 @@ class EventStream:
         queue_size: int = 1000,
         on_invalid: Literal["raise", "skip"] | InvalidHandler = "raise",
         dedup_window: int | None = None,
-        commit_every: int = 100,
+        commit_every: int = 1000,
         commit_interval: float = 1.0,
         guard_scope: Literal["stream", "app_key"] = "stream",
         lock_dir: str | Path | None = None,
@@ -332,6 +366,11 @@ class EventStream:
         self._task: asyncio.Task[None] | None = None
         self._queue = _Buffer(max(1, queue_size))
         self._conn: Connection | None = None
+        self._live: _Live | None = None
+        # The live connection while the caller may read it itself (not ended, no stop asked).
+        self._direct: _Live | None = None
+        self._pump_wake: asyncio.Future[None] | None = None
+        self._stop_complete: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._ssl_context: ssl_module.SSLContext | None = None
         self._url = ""
@@ -518,7 +557,7 @@ class EventStream:
     def __aiter__(self) -> EventStream:
         return self
 
-    async def __anext__(self) -> Event:
+    def __anext__(self) -> Awaitable[Event]:
         handed = self._handed
         if handed is not None:
             # The event handed out last is processed: count it (_note_processed, inlined on
@@ -528,7 +567,18 @@ class EventStream:
             self._done = handed
             self._dirty += 1
             if self._dirty >= self._commit_every or self._commit_due:
-                await self._commit()
+                return self._commit_then_next()
+        live = self._direct
+        if live is not None and live.owner is None and not self._queue._items:
+            # The hot path: read the next event from the socket here, in the caller's task.
+            return self._read_live(live, _CALLER)  # type: ignore[return-value]
+        return self._next()
+
+    async def _commit_then_next(self) -> Event:
+        await self._commit()
+        return await self._next()
+
+    async def _next(self) -> Event:
         if self._stop_requested or self._closed:
             raise StopAsyncIteration
         if self._fatal is not None:
@@ -541,6 +591,12 @@ class EventStream:
                 if queue._putters:
                     _wake_one(queue._putters)
             else:
+                live = self._direct
+                if live is not None and live.owner is None:
+                    event = await self._read_live(live, _CALLER_LOOP)
+                    if event is not None:
+                        return event
+                    continue  # the connection ended: the next one delivers
                 if self._task is None:
                     self._start()
                 item = await queue.get()
@@ -585,8 +641,16 @@ class EventStream:
         """Ask the iteration to end (thread-unsafe; call from the loop): ``async for`` ends at
         the next event, and leaving the block completes, drains and commits."""
         self._stop_requested = True
+        self._direct = None
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_STOP)
+        live = self._live
+        if live is not None and live.owner in (_CALLER, _CALLER_LOOP) and not self._stop_complete:
+            # The caller waits on the socket itself: complete, so that the server sends what
+            # is in flight and closes, which ends that wait (leaving the block drains the rest).
+            self._stop_complete = asyncio.ensure_future(
+                _quietly(self._begin_complete(live.conn, "stop"))
+            )
 
     def install_signal_handlers(
         self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
@@ -608,10 +672,13 @@ class EventStream:
             return
         self._closed = True
         self._stop_requested = True
+        self._direct = None
         try:
             if commit_handed:
                 self._note_handed()
             self._handed = None
+            if self._stop_complete is not None:
+                await asyncio.gather(self._stop_complete, return_exceptions=True)
             await self._stop_pump()
             if self._commit_timer is not None:
                 self._commit_timer.cancel()
@@ -642,6 +709,7 @@ class EventStream:
             # Subscribed, or already draining a rotation: complete (if not yet) and let the
             # server close, so that the gap is known and the stream is released cleanly.
             self._stopping = True
+            self._wake_pump()
             # Events not handed out yet are not processed: they come again next time.
             self._queue._items.clear()
             try:
@@ -912,7 +980,10 @@ class EventStream:
                 document.input.get("offset", document.input.get("offsetType", "server position")),
             )
             self._keeper = asyncio.create_task(self._keep(conn, token))
-            await self._read(conn)
+            live = self._live = _Live(conn)
+            if not self._stop_requested and not self._closed:
+                self._direct = live
+            await self._serve(live)
         except _Planned:
             await self._after_planned_close(token)
         except asyncio.CancelledError:
@@ -926,6 +997,7 @@ class EventStream:
         except Exception as exc:
             self._fail(exc, token)
         finally:
+            self._live = self._direct = None
             self.stats.connected_since = None
             self._completing = False  # a failure of the next connection is no drain of this one
             keeper, self._keeper = self._keeper, None
@@ -1031,104 +1103,146 @@ class EventStream:
             waited += step
             await conn.send_ping()
 
-    async def _read(self, conn: Connection) -> None:
-        """The hot path: frames -> events -> de-duplication -> the bounded queue.
+    async def _serve(self, live: _Live) -> None:
+        """The pump's part of a subscribed connection: read it while the caller is away (busy
+        with an event, or waiting on the queue), until it ends; raises how it ended."""
+        napped = False
+        seen = -1
+        while not live.ended:
+            if live.owner is None and (
+                self._queue._getters or self._stopping or (napped and self.stats.events == seen)
+            ):
+                await self._read_live(live, _PUMP)
+                napped = False
+            else:
+                seen = self.stats.events
+                await self._nap(_CALLER_AWAY)
+                napped = True
+        assert live.outcome is not None
+        raise live.outcome
 
-        Per event it does only what it must; the highest offset seen and the de-duplication
-        sets are kept in locals and written back when the connection ends (nothing else reads
-        them while this runs).
+    async def _nap(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        wake = self._pump_wake = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._pump_wake = None
+
+    def _wake_pump(self) -> None:
+        wake = self._pump_wake
+        if wake is not None:
+            _resolve(wake)
+
+    def _end_live(self, live: _Live, outcome: BaseException) -> None:
+        if not live.ended:
+            live.ended = True
+            if self._direct is live:
+                self._direct = None
+            live.outcome = outcome
+            self._wake_pump()
+
+    async def _read_live(self, live: _Live, role: int) -> Event | None:
+        """The hot path: frames -> events -> de-duplication -> the caller or the queue.
+
+        The caller gets the next new event; once the connection ended, ``_CALLER`` (from
+        ``__anext__``) waits on the queue for the next one and ``_CALLER_LOOP`` returns
+        ``None``. The pump (``_PUMP``) queues events until the caller waits on the queue again
+        (it then reads for itself) or the connection ended.
         """
-        ws = conn.ws
-        assert ws is not None
-        protocol = conn.protocol
-        receive_event = protocol.receive_event
-        receive = protocol.receive
-        recv = ws.recv
-        queue = self._queue
-        items = queue._items
-        getters = queue._getters
-        maxsize = queue._maxsize
+        live.owner = role
+        caller = role != _PUMP
+        recv = live.recv
+        receive_event = live.receive_event
         stats = self.stats
-        young = self._seen_young
-        old = self._seen_old
-        window = self._window
-        last_seen = self._last_seen
-        last_seen_offset = self._last_seen_offset
-        first = True
         handed_off = 0
-        # Liveness counts only time spent waiting on the socket: from here, and again after
-        # each wait for room in the queue (protocol §4: a late pong during a burst is fine).
+        # Liveness counts only time spent waiting on the socket: from here, after each event
+        # the pump queued, and after each wait for room in the queue (protocol §4: a late pong
+        # during a burst is fine).
         self._reading_since = time.monotonic()
         try:
             while True:
                 try:
-                    frame = await recv()
-                except ConnectionClosed:
-                    if self._completing:
-                        raise _Planned() from None
-                    raise
-                event = receive_event(frame)
-                if event is None:
-                    item = receive(frame)
-                    if type(item) is Next:
-                        event = item.event
-                    else:
-                        if type(item) is InvalidNext:
-                            if first:
-                                first = False
-                                self._first_event(-1)
-                            bad_offset = item.offset
-                            if bad_offset is not None and bad_offset.isdigit():
-                                if int(bad_offset) <= last_seen:
-                                    stats.duplicates += 1
-                                    continue
-                                last_seen = int(bad_offset)
-                                last_seen_offset = bad_offset
-                            if not self._stopping:
-                                await self._wait_for_room(item)
+                    # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
+                    frame = await recv(False)
+                    event = receive_event(frame)
+                    invalid: InvalidNext | None = None
+                    if event is None:
+                        item = live.receive(frame)
+                        if type(item) is Next:
+                            event = item.event
+                        elif type(item) is InvalidNext:
+                            invalid = item
                         elif type(item) is Ping:
-                            await conn.flush()
+                            await live.conn.flush()
                         elif type(item) is ErrorMessage:
                             raise SubscriptionError(
                                 f"the gateway refused the subscription: {item.message}",
                                 reason=item.message,
                             )
                         elif type(item) is Complete and not self._completing:
-                            # The server ended the subscription; the close that follows is
-                            # handled above.
+                            # The server ended the subscription; its close ends the connection.
                             _log.info(
                                 "stream %s: the server completed the subscription", self.stream_id
                             )
-                        continue
+                except ConnectionClosed as exc:
+                    self._end_live(live, _Planned() if self._completing else exc)
+                    break
+                except Exception as exc:  # the session's policy decides what comes next
+                    self._end_live(live, exc)
+                    break
+                if event is None:
+                    if invalid is not None and self._accept_invalid(live, invalid):
+                        if caller:
+                            await self._invalid(invalid)  # the dead-letter path, in the caller
+                        else:
+                            await self._wait_for_room(invalid)
+                    continue
+                # De-duplication (protocol §6): by offset, then by unique id.
                 metadata = event.metadata
                 offset = metadata.offset
                 try:
                     number = int(offset)
                 except ValueError:
                     number = -1
-                if first:
-                    first = False
+                if live.first:
+                    live.first = False
                     self._first_event(number)
-                if 0 <= number <= last_seen:
+                if 0 <= number <= self._last_seen:
                     stats.duplicates += 1
                     continue
                 uid = metadata.unique_event_id
-                if uid in young or uid in old:
+                young = self._seen_young
+                if uid in young or uid in self._seen_old:
                     stats.duplicates += 1
                     continue
                 young.add(uid)
-                if len(young) >= window:
-                    old = self._seen_old = young
-                    young = self._seen_young = set()
+                if len(young) >= self._window:
+                    self._seen_old = young
+                    self._seen_young = set()
                 if number >= 0:
-                    last_seen = number
-                    last_seen_offset = offset
+                    self._last_seen = number
+                    self._last_seen_offset = offset
+                if caller:
+                    if self._stop_requested:
+                        break  # not handed out, so not processed: it comes again next time
+                    self._handed = event
+                    stats.events += 1
+                    stats.last_offset = offset
+                    return event
                 if self._stopping:
                     continue
-                if len(items) < maxsize:  # Buffer.offer, inlined
+                self._reading_since = time.monotonic()
+                queue = self._queue
+                items = queue._items
+                if len(items) < queue._maxsize:  # Buffer.offer, inlined
                     items.append(event)
-                    if getters:
-                        _wake_one(getters)
+                    if queue._getters:
+                        # The caller waits on the queue: it is back, and reads for itself next.
+                        _wake_one(queue._getters)
+                        return None
                     handed_off += 1
                     if handed_off >= _HANDOFF_EVERY:
                         # Let the caller take what is queued before reading on.
@@ -1137,9 +1251,25 @@ class EventStream:
                 else:
                     await self._wait_for_room(event)
         finally:
+            live.owner = None
             self._reading_since = None
-            self._last_seen = last_seen
-            self._last_seen_offset = last_seen_offset
+        if role == _CALLER:
+            return await self._next()  # the connection ended: the next one delivers
+        return None
+
+    def _accept_invalid(self, live: _Live, item: InvalidNext) -> bool:
+        """Whether an invalid event is new (the dead-letter path gets it once)."""
+        if live.first:
+            live.first = False
+            self._first_event(-1)
+        bad_offset = item.offset
+        if bad_offset is not None and bad_offset.isdigit():
+            if int(bad_offset) <= self._last_seen:
+                self.stats.duplicates += 1
+                return False
+            self._last_seen = int(bad_offset)
+            self._last_seen_offset = bad_offset
+        return not self._stopping
 
     async def _wait_for_room(self, item: Any) -> None:
         # The caller is slower than the gateway: stop reading, so TCP pushes back on the server

@@ -130,8 +130,8 @@ class StreamStats:
 
 
 class _Buffer:
-    """The bounded FIFO between the reader and the caller: ``asyncio.Queue``'s ``put``/``get``
-    without its task accounting (``task_done``/``join``, unused here), which costs per event."""
+    """The bounded FIFO from the stream's own task to the caller: ``asyncio.Queue``'s
+    ``put``/``get`` without its task accounting (``task_done``/``join``, unused here)."""
 
     __slots__ = ("_getters", "_items", "_maxsize", "_putters")
 
@@ -292,6 +292,10 @@ class EventStream:
     I/O); the first ``__anext__`` connects. Fatal errors come out of ``__anext__``. An event
     counts as processed when the next one is asked for, when :meth:`commit` is called, or when
     the block is left without an exception; only processed offsets are committed.
+
+    While the caller asks for events, ``__anext__`` reads the socket itself; while the caller is
+    busy with an event, the stream's own task reads ahead into a bounded queue of
+    ``queue_size`` events (answering pings on the way), which ``__anext__`` empties first.
     """
 
     def __init__(

@@ -746,3 +746,24 @@ def test_an_event_too_deep_to_validate_is_a_protocol_error(
     frame = '{"id":"1","type":"next","payload":{"data":{"newEvent":{"a":1}}}}'
     with pytest.raises(ProtocolError, match="nested too deeply"):
         proto.receive(frame)
+
+
+def test_receive_event_is_the_hot_path_and_leaves_the_rest_to_receive(clock: FakeClock) -> None:
+    proto = acknowledged(clock)
+    frame = next_frame(event_dict("200"))
+    assert proto.receive_event(frame) is None  # not subscribed yet
+    proto.subscribe(SUBSCRIBE_PAYLOAD)
+    clock.now = 170.0
+    event = proto.receive_event(frame.encode())  # undecoded bytes are read as they are
+    assert isinstance(event, Event)
+    assert event.metadata.offset == "200"
+    assert proto.last_alive == 100.0  # the caller knows when it read; receive() stamps
+    assert proto.receive_event(PING) is None
+    assert proto.receive_event(next_frame(event_dict("201"), op_id="other")) is None
+    with pytest.raises(ProtocolError, match="unknown operation id"):
+        proto.receive(next_frame(event_dict("201"), op_id="other"))
+    assert proto.receive_event(next_frame(event_dict("202", moduleName=None))) is None
+    assert isinstance(proto.receive(frame), Next)
+    assert proto.last_alive == 170.0
+    proto.complete()
+    assert isinstance(proto.receive_event(frame), Event)  # in flight after our complete

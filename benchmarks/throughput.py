@@ -8,7 +8,8 @@ its last. The contenders alternate over the rounds; the table shows medians.
 
     python benchmarks/throughput.py [-n/--events N] [--rounds R] [--json]
 
-Contenders:
+Contenders (the plain ``websockets`` clients read frames undecoded, ``recv(decode=False)``, as
+the stream does):
 
 0. ceiling: a plain ``websockets`` client that only receives;
 1. floor: plain ``websockets`` + ``json.loads`` of each frame;
@@ -60,11 +61,12 @@ async def _plain(
             )
         )
         recv = ws.recv
-        frame = await recv()
+        # Undecoded, as the stream reads them: json.loads and pydantic take UTF-8 bytes.
+        frame = await recv(False)
         handle(frame)
         started = time.perf_counter()
         for _ in range(n - 1):
-            frame = await recv()
+            frame = await recv(False)
             handle(frame)
         elapsed = time.perf_counter() - started
     # checked once, after the clock stopped: the last frame is the backlog's last event

@@ -371,8 +371,6 @@ class EventStream:
         self._queue = _Buffer(max(1, queue_size))
         self._conn: Connection | None = None
         self._live: _Live | None = None
-        # The live connection while the caller may read it itself (not ended, no stop asked).
-        self._direct: _Live | None = None
         self._pump_wake: asyncio.Future[None] | None = None
         self._stop_complete: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -572,11 +570,24 @@ class EventStream:
             self._dirty += 1
             if self._dirty >= self._commit_every or self._commit_due:
                 return self._commit_then_next()
-        live = self._direct
-        if live is not None and live.owner is None and not self._queue._items:
+        live = self._live
+        if (  # _may_read, inlined on the hot path
+            live is not None
+            and live.owner is None
+            and not live.ended
+            and not self._stop_requested
+            and not self._queue._items
+        ):
             # The hot path: read the next event from the socket here, in the caller's task.
             return self._read_live(live, _CALLER)  # type: ignore[return-value]
         return self._next()
+
+    def _may_read(self, live: _Live | None) -> bool:
+        """Whether the caller may read ``live`` itself: nobody reads it, it has not ended, and
+        no stop was asked (closing asks for one too)."""
+        return (
+            live is not None and live.owner is None and not live.ended and not self._stop_requested
+        )
 
     async def _commit_then_next(self) -> Event:
         await self._commit()
@@ -595,8 +606,9 @@ class EventStream:
                 if queue._putters:
                     _wake_one(queue._putters)
             else:
-                live = self._direct
-                if live is not None and live.owner is None:
+                live = self._live
+                if self._may_read(live):
+                    assert live is not None
                     event = await self._read_live(live, _CALLER_LOOP)
                     if event is not None:
                         return event
@@ -645,7 +657,6 @@ class EventStream:
         """Ask the iteration to end (thread-unsafe; call from the loop): ``async for`` ends at
         the next event, and leaving the block completes, drains and commits."""
         self._stop_requested = True
-        self._direct = None
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_STOP)
         live = self._live
@@ -676,7 +687,6 @@ class EventStream:
             return
         self._closed = True
         self._stop_requested = True
-        self._direct = None
         try:
             if commit_handed:
                 self._note_handed()
@@ -985,8 +995,6 @@ class EventStream:
             )
             self._keeper = asyncio.create_task(self._keep(conn, token))
             live = self._live = _Live(conn)
-            if not self._stop_requested and not self._closed:
-                self._direct = live
             await self._serve(live)
         except _Planned:
             await self._after_planned_close(token)
@@ -1001,7 +1009,7 @@ class EventStream:
         except Exception as exc:
             self._fail(exc, token)
         finally:
-            self._live = self._direct = None
+            self._live = None
             self.stats.connected_since = None
             self._completing = False  # a failure of the next connection is no drain of this one
             keeper, self._keeper = self._keeper, None
@@ -1143,8 +1151,6 @@ class EventStream:
     def _end_live(self, live: _Live, outcome: BaseException) -> None:
         if not live.ended:
             live.ended = True
-            if self._direct is live:
-                self._direct = None
             live.outcome = outcome
             self._wake_pump()
 

@@ -22,31 +22,21 @@ from typing import Any
 
 import pytest
 
+from helpers.streams import FAST_TIMINGS, emulator_auth
+from helpers.streams import take_offsets as _take
 from ohip_stream import (
     AuthenticationError,
     EventStream,
-    OAuthClientCredentials,
     OAuthPassword,
     OhipError,
     SQLiteCheckpointStore,
-    Timings,
 )
 from ohip_stream.cli import main as cli_main
 from ohip_stream.protocol import hash_app_key
 from ohip_stream.settings import OhipSettings
 from ohip_stream.testing import Emulator
 
-TIMINGS = Timings(
-    ping_interval=0.1,
-    complete_gap=0.2,
-    lockout=0.3,
-    drop_wait=0.05,
-    backoff_min=0.02,
-    backoff_max=0.2,
-    liveness_timeout=2.0,
-    drain_timeout=1.0,
-    init_timeout=2.0,
-)
+TIMINGS = FAST_TIMINGS
 
 
 class _Capture(logging.Handler):
@@ -97,19 +87,6 @@ def leaks(text: str, secrets: dict[str, str]) -> list[str]:
     return [name for name, value in secrets.items() if value and value in text]
 
 
-async def _take(stream: EventStream, count: int) -> list[str]:
-    got: list[str] = []
-
-    async def run() -> None:
-        async for event in stream:
-            got.append(event.metadata.offset)
-            if len(got) >= count:
-                break
-
-    await asyncio.wait_for(run(), 20)
-    return got
-
-
 async def test_a_session_with_failures_logs_no_secret_at_debug(
     root_debug: _Capture, tmp_path: Path
 ) -> None:
@@ -120,13 +97,7 @@ async def test_a_session_with_failures_logs_no_secret_at_debug(
         def dead_letter(raw: str, error: Exception) -> None:
             invalid.append((raw, error))
 
-        auth = OAuthClientCredentials(
-            gateway_url=emu.gateway_url,
-            client_id=emu.client_id,
-            client_secret=emu.client_secret,
-            app_key=emu.app_key,
-            enterprise_id=emu.enterprise_id,
-        )
+        auth = emulator_auth(emu)
         store = SQLiteCheckpointStore(tmp_path / "cp.db")
         objects: list[Any] = [auth, store, emu]
         errors: list[BaseException] = []

@@ -17,6 +17,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from helpers.streams import FAST_TIMINGS
+from helpers.streams import emulator_auth as auth_for
 from ohip_stream import (
     AuthenticationError,
     ConnectionRejectedError,
@@ -25,46 +27,22 @@ from ohip_stream import (
     EventStream,
     EventValidationError,
     MemoryCheckpointStore,
-    OAuthClientCredentials,
     SQLiteCheckpointStore,
     StaticToken,
     SubscriptionError,
-    Timings,
 )
 from ohip_stream.protocol import hash_app_key
 from ohip_stream.stream import stream_id_for
 from ohip_stream.testing import Emulator
 
-GAP = 0.2
-TIMINGS = Timings(
-    ping_interval=0.1,
-    rotate_after=3000,
-    complete_gap=GAP,
-    lockout=0.3,
-    drop_wait=0.05,
-    backoff_min=0.02,
-    backoff_max=0.2,
-    liveness_timeout=2.0,
-    drain_timeout=1.0,
-    init_timeout=2.0,
-)
+GAP = FAST_TIMINGS.complete_gap
+TIMINGS = FAST_TIMINGS.model_copy(update={"rotate_after": 3000})
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
     async with Emulator(complete_gap=GAP, server_ping_interval=0.2) as emulator:
         yield emulator
-
-
-def auth_for(emu: Emulator, **kwargs: Any) -> OAuthClientCredentials:
-    return OAuthClientCredentials(
-        gateway_url=emu.gateway_url,
-        client_id=emu.client_id,
-        client_secret=emu.client_secret,
-        app_key=emu.app_key,
-        enterprise_id=emu.enterprise_id,
-        **kwargs,
-    )
 
 
 def stream_for(emu: Emulator, tmp_path: Path, **overrides: Any) -> EventStream:

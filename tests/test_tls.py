@@ -17,29 +17,20 @@ from typing import Any
 
 import pytest
 
+from helpers.streams import FAST_TIMINGS, take_offsets
+from helpers.streams import emulator_auth as _auth
 from ohip_stream import (
     ConfigurationError,
     EventStream,
     OAuthClientCredentials,
     OAuthPassword,
     StaticToken,
-    Timings,
 )
 from ohip_stream.testing import Emulator
 
 trustme = pytest.importorskip("trustme")
 
-TIMINGS = Timings(
-    ping_interval=0.1,
-    complete_gap=0.2,
-    lockout=0.3,
-    drop_wait=0.05,
-    backoff_min=0.02,
-    backoff_max=0.2,
-    liveness_timeout=2.0,
-    drain_timeout=1.0,
-    init_timeout=2.0,
-)
+TIMINGS = FAST_TIMINGS
 
 
 @dataclass
@@ -73,17 +64,6 @@ async def gateway(tmp_path: Path) -> AsyncIterator[TlsGateway]:
         yield TlsGateway(emu, ca_file, ssl.create_default_context(cafile=str(ca_file)))
 
 
-def _auth(emu: Emulator, **kwargs: Any) -> OAuthClientCredentials:
-    return OAuthClientCredentials(
-        gateway_url=emu.gateway_url,
-        client_id=emu.client_id,
-        client_secret=emu.client_secret,
-        app_key=emu.app_key,
-        enterprise_id=emu.enterprise_id,
-        **kwargs,
-    )
-
-
 def _stream(emu: Emulator, tmp_path: Path, **kwargs: Any) -> EventStream:
     return EventStream(
         gateway_url=emu.gateway_url,
@@ -95,19 +75,6 @@ def _stream(emu: Emulator, tmp_path: Path, **kwargs: Any) -> EventStream:
     )
 
 
-async def _offsets(stream: EventStream, count: int) -> list[str]:
-    got: list[str] = []
-
-    async def run() -> None:
-        async for event in stream:
-            got.append(event.metadata.offset)
-            if len(got) >= count:
-                break
-
-    await asyncio.wait_for(run(), 20)
-    return got
-
-
 async def test_an_unknown_ca_is_refused_at_once_with_a_clear_error(
     gateway: TlsGateway, tmp_path: Path
 ) -> None:
@@ -117,7 +84,7 @@ async def test_an_unknown_ca_is_refused_at_once_with_a_clear_error(
     # The stream's own TLS (a static token: no token request to fail first).
     async with _stream(emu, tmp_path, auth=StaticToken(token)) as stream:
         with pytest.raises(ConfigurationError, match=r"(?i)certificate") as caught:
-            await asyncio.wait_for(_offsets(stream, 1), 10)
+            await asyncio.wait_for(take_offsets(stream, 1), 10)
     assert "ssl=" in str(caught.value)
     assert stream.stats.reconnects == {}  # fatal at once: no retry against an untrusted gateway
     assert emu.upgrades == []  # nothing got past the handshake
@@ -129,7 +96,7 @@ async def test_an_unknown_ca_is_refused_at_once_with_a_clear_error(
     # Both together: the first error is the provider's, just as clear.
     async with _auth(emu) as auth, _stream(emu, tmp_path, auth=auth) as stream:
         with pytest.raises(ConfigurationError, match=r"(?i)certificate"):
-            await asyncio.wait_for(_offsets(stream, 1), 10)
+            await asyncio.wait_for(take_offsets(stream, 1), 10)
 
 
 async def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
@@ -139,7 +106,7 @@ async def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None
         stream = _stream(emu, tmp_path, auth=StaticToken(token), ssl=ca_file)
         async with stream:
             with pytest.raises(ConfigurationError, match=r"(?i)certificate"):
-                await asyncio.wait_for(_offsets(stream, 1), 10)
+                await asyncio.wait_for(take_offsets(stream, 1), 10)
         async with _auth(emu, verify=str(ca_file)) as auth:
             with pytest.raises(ConfigurationError, match=r"(?i)certificate"):
                 await auth.get_token()
@@ -155,10 +122,10 @@ async def test_the_test_ca_works_end_to_end(gateway: TlsGateway, tmp_path: Path,
         _auth(emu, verify=verify) as auth,
         _stream(emu, tmp_path, auth=auth, ssl=ssl_option) as stream,
     ):
-        assert await _offsets(stream, 3) == ["1", "2", "3"]
+        assert await take_offsets(stream, 3) == ["1", "2", "3"]
         await emu.drop()  # and again after a reconnect over TLS
         await emu.publish(1)
-        assert await _offsets(stream, 1) == ["4"]
+        assert await take_offsets(stream, 1) == ["4"]
     assert stream.stats.reconnects.get("1006") == 1
     assert all(u.status == 101 for u in emu.upgrades)
 

@@ -27,11 +27,11 @@ import ssl as ssl_module
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from types import AsyncGeneratorType, TracebackType
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
@@ -94,11 +94,10 @@ _HANDOFF_EVERY = 16
 # for this long; the stream's own task then reads ahead into the queue and answers pings.
 _CALLER_AWAY = 0.05
 
-# Who reads the subscribed connection: the caller (from __anext__, or from the loop of _next),
-# or the stream's own task.
+# Who reads the subscribed connection: the caller (its iteration, _events) or the stream's own
+# task (_pump_read).
 _CALLER = 1
-_CALLER_LOOP = 2
-_PUMP = 3
+_PUMP = 2
 
 
 @dataclass
@@ -393,6 +392,7 @@ class EventStream:
         # Processing and commits.
         # The event (or dead-lettered frame) handed out last: processed when the next is asked.
         self._handed: Event | InvalidNext | None = None
+        self._events_gen: AsyncGeneratorType[Event, None] | None = None
         # The one processed last, not yet folded into _checkpoint (see that property).
         self._done: Event | InvalidNext | None = None
         self._checkpoint_base = Checkpoint()
@@ -556,31 +556,20 @@ class EventStream:
         """Complete, drain, commit and release the stream, as leaving the block does."""
         await self._close(commit_handed=True)
 
-    def __aiter__(self) -> EventStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterator()
 
     def __anext__(self) -> Awaitable[Event]:
-        handed = self._handed
-        if handed is not None:
-            # The event handed out last is processed: count it (_note_processed, inlined on
-            # the hot path), and commit a batch when due (every commit_every events or
-            # commit_interval seconds).
-            self._handed = None
-            self._done = handed
-            self._dirty += 1
-            if self._dirty >= self._commit_every or self._commit_due:
-                return self._commit_then_next()
-        live = self._live
-        if (  # _may_read, inlined on the hot path
-            live is not None
-            and live.owner is None
-            and not live.ended
-            and not self._stop_requested
-            and not self._queue._items
-        ):
-            # The hot path: read the next event from the socket here, in the caller's task.
-            return self._read_live(live, _CALLER)  # type: ignore[return-value]
-        return self._next()
+        """The next event: what ``async for`` gets, for direct use (``anext(stream)``)."""
+        return self._iterator().__anext__()
+
+    def _iterator(self) -> AsyncGenerator[Event, None]:
+        # One iteration at a time: a loop left with break goes on where it stopped; one ended by
+        # an exception (EventValidationError, a fatal error) starts over from the stream's state.
+        events = self._events_gen
+        if events is None or events.ag_frame is None:
+            events = self._events_gen = cast(AsyncGeneratorType[Event, None], self._events())
+        return events
 
     def _may_read(self, live: _Live | None) -> bool:
         """Whether the caller may read ``live`` itself: nobody reads it, it has not ended, and
@@ -589,47 +578,126 @@ class EventStream:
             live is not None and live.owner is None and not live.ended and not self._stop_requested
         )
 
-    async def _commit_then_next(self) -> Event:
-        await self._commit()
-        return await self._next()
+    async def _events(self) -> AsyncGenerator[Event, None]:
+        """The caller's side: ``async for`` resumes this generator once per event.
 
-    async def _next(self) -> Event:
-        if self._stop_requested or self._closed:
-            raise StopAsyncIteration
-        if self._fatal is not None:
-            raise self._fatal
+        While the caller asks for events it reads the socket itself, in its own task (the hot
+        path, below); otherwise it takes what the stream's task queued. An event counts as
+        processed when the next one is asked for, that is when this generator is resumed.
+        """
+        stats = self.stats
         queue = self._queue
         items = queue._items
         while True:
-            if items:  # Buffer.get_nowait, inlined
-                item = items.popleft()
-                if queue._putters:
-                    _wake_one(queue._putters)
-            else:
-                live = self._live
-                if self._may_read(live):
-                    assert live is not None
-                    event = await self._read_live(live, _CALLER_LOOP)
-                    if event is not None:
-                        return event
-                    continue  # the connection ended: the next one delivers
-                if self._task is None:
-                    self._start()
-                item = await queue.get()
-            if type(item) is Event:
-                self._handed = item
-                stats = self.stats
-                stats.events += 1
-                stats.last_offset = item.metadata.offset
-                return item
-            if isinstance(item, InvalidNext):
-                await self._invalid(item)
+            self._note_handed()
+            if self._dirty and (self._dirty >= self._commit_every or self._commit_due):
+                await self._commit()
+            if self._stop_requested or self._closed:
+                return
+            if self._fatal is not None:
+                raise self._fatal
+            live = self._live
+            if items or not self._may_read(live):
+                if items:  # Buffer.get_nowait, inlined
+                    item = items.popleft()
+                    if queue._putters:
+                        _wake_one(queue._putters)
+                else:
+                    if self._task is None:
+                        self._start()
+                    item = await queue.get()
+                if type(item) is Event:
+                    self._handed = item
+                    stats.events += 1
+                    stats.last_offset = item.metadata.offset
+                    yield item
+                elif isinstance(item, InvalidNext):
+                    await self._invalid(item)
+                elif isinstance(item, _Fatal):
+                    self._fatal = item.error
+                    raise item.error
+                elif item is _STOP:
+                    return
                 continue
-            if isinstance(item, _Fatal):
-                self._fatal = item.error
-                raise item.error
-            if item is _STOP:
-                raise StopAsyncIteration
+            assert live is not None
+            # The hot path: frames -> events -> de-duplication -> the caller, with no task or
+            # queue in between. This loop runs once per event; what it does is measured by
+            # benchmarks/throughput.py.
+            recv = live.recv
+            receive_event = live.receive_event
+            invalid: InvalidNext | None = None
+            while True:
+                live.owner = _CALLER
+                # Liveness counts only time spent waiting on the socket (protocol §4).
+                self._reading_since = time.monotonic()
+                try:
+                    while True:
+                        # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
+                        frame = await recv(False)
+                        event = receive_event(frame)
+                        if event is None:
+                            other = await self._other_frame(live, frame)
+                            if other is None:
+                                continue
+                            if isinstance(other, InvalidNext):
+                                invalid = other
+                                break
+                            event = other
+                        # _accept, inlined: de-duplication (protocol §6), by offset, then by
+                        # unique id.
+                        metadata = event.metadata
+                        offset = metadata.offset
+                        try:
+                            number = int(offset)
+                        except ValueError:
+                            number = -1
+                        if live.first:
+                            live.first = False
+                            self._first_event(number)
+                        if 0 <= number <= self._last_seen:
+                            stats.duplicates += 1
+                            continue
+                        uid = metadata.unique_event_id
+                        young = self._seen_young
+                        if uid in young or uid in self._seen_old:
+                            stats.duplicates += 1
+                            continue
+                        young.add(uid)
+                        if len(young) >= self._window:
+                            self._seen_old = young
+                            self._seen_young = set()
+                        if number >= 0:
+                            self._last_seen = number
+                            self._last_seen_offset = offset
+                        break
+                except ConnectionClosed as exc:
+                    self._end_live(live, _Planned() if self._completing else exc)
+                    event = None
+                except Exception as exc:  # the session's policy decides what comes next
+                    self._end_live(live, exc)
+                    event = None
+                finally:
+                    live.owner = None
+                    self._reading_since = None
+                if event is None:
+                    if invalid is not None:
+                        await self._invalid(invalid)  # the dead-letter path, in the caller
+                    break
+                if self._stop_requested:
+                    break  # not handed out, so not processed: it comes again next time
+                self._handed = event
+                stats.events += 1
+                stats.last_offset = event.metadata.offset
+                yield event
+                handed = self._handed
+                if handed is not None:  # _note_processed, inlined
+                    self._handed = None
+                    self._done = handed
+                    self._dirty += 1
+                    if self._dirty >= self._commit_every or self._commit_due:
+                        await self._commit()
+                if live.owner is not None or live.ended or self._stop_requested or items:
+                    break
 
     async def _invalid(self, item: InvalidNext) -> None:
         self.stats.invalid += 1
@@ -660,7 +728,7 @@ class EventStream:
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_STOP)
         live = self._live
-        if live is not None and live.owner in (_CALLER, _CALLER_LOOP) and not self._stop_complete:
+        if live is not None and live.owner == _CALLER and not self._stop_complete:
             # The caller waits on the socket itself: complete, so that the server sends what
             # is in flight and closes, which ends that wait (leaving the block drains the rest).
             self._stop_complete = asyncio.ensure_future(
@@ -691,6 +759,10 @@ class EventStream:
             if commit_handed:
                 self._note_handed()
             self._handed = None
+            events, self._events_gen = self._events_gen, None
+            if events is not None and events.ag_frame is not None and not events.ag_running:
+                # A loop left with break leaves its iteration suspended: end it here.
+                await events.aclose()
             if self._stop_complete is not None:
                 await asyncio.gather(self._stop_complete, return_exceptions=True)
             await self._stop_pump()
@@ -1124,7 +1196,7 @@ class EventStream:
             if live.owner is None and (
                 self._queue._getters or self._stopping or (napped and self.stats.events == seen)
             ):
-                await self._read_live(live, _PUMP)
+                await self._pump_read(live)
                 napped = False
             else:
                 seen = self.stats.events
@@ -1154,95 +1226,36 @@ class EventStream:
             live.outcome = outcome
             self._wake_pump()
 
-    async def _read_live(self, live: _Live, role: int) -> Event | None:
-        """The hot path: frames -> events -> de-duplication -> the caller or the queue.
-
-        The caller gets the next new event; once the connection ended, ``_CALLER`` (from
-        ``__anext__``) waits on the queue for the next one and ``_CALLER_LOOP`` returns
-        ``None``. The pump (``_PUMP``) queues events until the caller waits on the queue again
-        (it then reads for itself) or the connection ended.
-        """
-        live.owner = role
-        caller = role != _PUMP
+    async def _pump_read(self, live: _Live) -> None:
+        """The stream's task reads ``live`` while the caller is away: events go to the queue,
+        until the caller waits on the queue again (it then reads for itself) or the
+        connection ended."""
+        live.owner = _PUMP
         recv = live.recv
         receive_event = live.receive_event
-        stats = self.stats
         handed_off = 0
         # Liveness counts only time spent waiting on the socket: from here, after each event
-        # the pump queued, and after each wait for room in the queue (protocol §4: a late pong
-        # during a burst is fine).
+        # queued, and after each wait for room in the queue (protocol §4: a late pong during a
+        # burst is fine).
         self._reading_since = time.monotonic()
         try:
             while True:
                 try:
-                    # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
                     frame = await recv(False)
                     event = receive_event(frame)
-                    invalid: InvalidNext | None = None
-                    if event is None:
-                        item = live.receive(frame)
-                        if type(item) is Next:
-                            event = item.event
-                        elif type(item) is InvalidNext:
-                            invalid = item
-                        elif type(item) is Ping:
-                            await live.conn.flush()
-                        elif type(item) is ErrorMessage:
-                            raise SubscriptionError(
-                                f"the gateway refused the subscription: {item.message}",
-                                reason=item.message,
-                            )
-                        elif type(item) is Complete and not self._completing:
-                            # The server ended the subscription; its close ends the connection.
-                            _log.info(
-                                "stream %s: the server completed the subscription", self.stream_id
-                            )
+                    other = None if event is not None else await self._other_frame(live, frame)
                 except ConnectionClosed as exc:
                     self._end_live(live, _Planned() if self._completing else exc)
-                    break
+                    return
                 except Exception as exc:  # the session's policy decides what comes next
                     self._end_live(live, exc)
-                    break
-                if event is None:
-                    if invalid is not None and self._accept_invalid(live, invalid):
-                        if caller:
-                            await self._invalid(invalid)  # the dead-letter path, in the caller
-                        else:
-                            await self._wait_for_room(invalid)
+                    return
+                if isinstance(other, InvalidNext):
+                    await self._wait_for_room(other)
                     continue
-                # De-duplication (protocol §6): by offset, then by unique id.
-                metadata = event.metadata
-                offset = metadata.offset
-                try:
-                    number = int(offset)
-                except ValueError:
-                    number = -1
-                if live.first:
-                    live.first = False
-                    self._first_event(number)
-                if 0 <= number <= self._last_seen:
-                    stats.duplicates += 1
-                    continue
-                uid = metadata.unique_event_id
-                young = self._seen_young
-                if uid in young or uid in self._seen_old:
-                    stats.duplicates += 1
-                    continue
-                young.add(uid)
-                if len(young) >= self._window:
-                    self._seen_old = young
-                    self._seen_young = set()
-                if number >= 0:
-                    self._last_seen = number
-                    self._last_seen_offset = offset
-                if caller:
-                    if self._stop_requested:
-                        break  # not handed out, so not processed: it comes again next time
-                    self._handed = event
-                    stats.events += 1
-                    stats.last_offset = offset
-                    return event
-                if self._stopping:
+                if other is not None:
+                    event = other
+                if event is None or not self._accept(live, event) or self._stopping:
                     continue
                 self._reading_since = time.monotonic()
                 queue = self._queue
@@ -1252,7 +1265,7 @@ class EventStream:
                     if queue._getters:
                         # The caller waits on the queue: it is back, and reads for itself next.
                         _wake_one(queue._getters)
-                        return None
+                        return
                     handed_off += 1
                     if handed_off >= _HANDOFF_EVERY:
                         # Let the caller take what is queued before reading on.
@@ -1263,9 +1276,54 @@ class EventStream:
         finally:
             live.owner = None
             self._reading_since = None
-        if role == _CALLER:
-            return await self._next()  # the connection ended: the next one delivers
+
+    async def _other_frame(self, live: _Live, frame: str | bytes) -> Event | InvalidNext | None:
+        """Any frame but a valid event of the subscription: an event that needed the slow path,
+        an invalid event that is new (for the dead-letter path), or ``None``."""
+        item = live.receive(frame)
+        if type(item) is Next:
+            return item.event
+        if type(item) is InvalidNext:
+            return item if self._accept_invalid(live, item) else None
+        if type(item) is Ping:
+            await live.conn.flush()
+        elif type(item) is ErrorMessage:
+            raise SubscriptionError(
+                f"the gateway refused the subscription: {item.message}", reason=item.message
+            )
+        elif type(item) is Complete and not self._completing:
+            # The server ended the subscription; its close ends the connection.
+            _log.info("stream %s: the server completed the subscription", self.stream_id)
         return None
+
+    def _accept(self, live: _Live, event: Event) -> bool:
+        """De-duplication (protocol §6): whether ``event`` is new, by offset, then by unique id.
+        (The caller's hot path in :meth:`_events` has this inlined.)"""
+        metadata = event.metadata
+        offset = metadata.offset
+        try:
+            number = int(offset)
+        except ValueError:
+            number = -1
+        if live.first:
+            live.first = False
+            self._first_event(number)
+        if 0 <= number <= self._last_seen:
+            self.stats.duplicates += 1
+            return False
+        uid = metadata.unique_event_id
+        young = self._seen_young
+        if uid in young or uid in self._seen_old:
+            self.stats.duplicates += 1
+            return False
+        young.add(uid)
+        if len(young) >= self._window:
+            self._seen_old = young
+            self._seen_young = set()
+        if number >= 0:
+            self._last_seen = number
+            self._last_seen_offset = offset
+        return True
 
     def _accept_invalid(self, live: _Live, item: InvalidNext) -> bool:
         """Whether an invalid event is new (the dead-letter path gets it once)."""

@@ -528,6 +528,30 @@ async def test_a_frame_too_large_at_the_same_offset_three_times_is_fatal(
     assert stream.stats.reconnects.get("1009") == 2
 
 
+def _next_frame(offset: int) -> str:
+    event = {
+        "metadata": {"offset": str(offset), "uniqueEventId": f"u{offset}"},
+        "moduleName": "RESERVATION",
+        "eventName": "CHECK IN",
+        "primaryKey": "42",
+        "timestamp": "28-APR-24 06.18.59.028027 AM",
+        "detail": [],
+    }
+    return json.dumps({"id": "1", "type": "next", "payload": {"data": {"newEvent": event}}})
+
+
+def _stream_on(port: int, tmp_path: Path, liveness_timeout: float) -> EventStream:
+    return EventStream(
+        gateway_url=f"http://127.0.0.1:{port}",
+        app_key="key-1",
+        chain_code="OHIPCN",
+        auth=StaticToken("token"),
+        timings=TIMINGS.model_copy(update={"liveness_timeout": liveness_timeout}),
+        lock_dir=tmp_path,
+        checkpoints=MemoryCheckpointStore(),
+    )
+
+
 async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path: Path) -> None:
     """No pong and no event within liveness_timeout: the link is dead, reconnect (protocol §4)."""
     from websockets.asyncio.server import ServerConnection, serve
@@ -543,47 +567,47 @@ async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path
         if connections == 1:
             await ws.wait_closed()  # nothing: no pong, no event, until the client gives up
             return
-        await ws.send(
-            json.dumps(
-                {
-                    "id": "1",
-                    "type": "next",
-                    "payload": {
-                        "data": {
-                            "newEvent": {
-                                "metadata": {"offset": "1", "uniqueEventId": "u1"},
-                                "moduleName": "RESERVATION",
-                                "eventName": "CHECK IN",
-                                "primaryKey": "42",
-                                "timestamp": "28-APR-24 06.18.59.028027 AM",
-                                "detail": [],
-                            }
-                        }
-                    },
-                }
-            )
-        )
+        await ws.send(_next_frame(1))
         await ws.wait_closed()
 
     async with serve(
         silent, "127.0.0.1", 0, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
     ) as server:
-        port = server.sockets[0].getsockname()[1]
-        timings = TIMINGS.model_copy(update={"liveness_timeout": 0.5})
-        stream = EventStream(
-            gateway_url=f"http://127.0.0.1:{port}",
-            app_key="key-1",
-            chain_code="OHIPCN",
-            auth=StaticToken("token"),
-            timings=timings,
-            lock_dir=tmp_path,
-            checkpoints=MemoryCheckpointStore(),
-        )
+        stream = _stream_on(server.sockets[0].getsockname()[1], tmp_path, liveness_timeout=0.5)
         async with stream:
             got = await take(stream, 1, timeout=10)
     assert offsets(got) == [1]
     assert connections == 2
     assert stream.stats.reconnects == {"liveness": 1}
+
+
+async def test_events_keep_a_connection_alive_while_pongs_are_held_back(tmp_path: Path) -> None:
+    """A server that answers no ping but keeps sending events is alive (protocol §4): the
+    caller reads them itself, event after event, for three times liveness_timeout."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    connections = 0
+
+    async def no_pongs(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.recv()  # connection_init
+        await ws.send('{"type":"connection_ack"}')
+        await ws.recv()  # subscribe; the client's pings are never answered
+        for offset in range(1, 31):
+            await ws.send(_next_frame(offset))
+            await asyncio.sleep(0.05)
+        await ws.wait_closed()
+
+    async with serve(
+        no_pongs, "127.0.0.1", 0, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+    ) as server:
+        stream = _stream_on(server.sockets[0].getsockname()[1], tmp_path, liveness_timeout=0.5)
+        async with stream:
+            got = await take(stream, 30, timeout=10)
+    assert offsets(got) == list(range(1, 31))
+    assert connections == 1
+    assert stream.stats.reconnects == {}
 
 
 async def test_cancelling_the_consumer_still_completes_and_releases(

@@ -626,10 +626,11 @@ class EventStream:
             recv = live.recv
             receive_event = live.receive_event
             invalid: InvalidNext | None = None
+            # Liveness (protocol §4): silence counts from here, or from the last event the
+            # keeper saw arrive (no clock read per event).
+            self._reading_since = time.monotonic()
             while True:
                 live.owner = _CALLER
-                # Liveness counts only time spent waiting on the socket (protocol §4).
-                self._reading_since = time.monotonic()
                 try:
                     while True:
                         # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
@@ -678,16 +679,16 @@ class EventStream:
                     event = None
                 finally:
                     live.owner = None
-                    self._reading_since = None
                 if event is None:
                     if invalid is not None:
+                        self._reading_since = None
                         await self._invalid(invalid)  # the dead-letter path, in the caller
                     break
                 if self._stop_requested:
                     break  # not handed out, so not processed: it comes again next time
                 self._handed = event
                 stats.events += 1
-                stats.last_offset = event.metadata.offset
+                stats.last_offset = offset
                 yield event
                 handed = self._handed
                 if handed is not None:  # _note_processed, inlined
@@ -698,6 +699,7 @@ class EventStream:
                         await self._commit()
                 if live.owner is not None or live.ended or self._stop_requested or items:
                     break
+            self._reading_since = None
 
     async def _invalid(self, item: InvalidNext) -> None:
         self.stats.invalid += 1
@@ -1396,6 +1398,9 @@ class EventStream:
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + timings.ping_interval
         drain_until: float | None = None
+        stats = self.stats
+        progress = stats.events + stats.duplicates + stats.invalid
+        progress_at = loop.time()
         while True:
             wake = next_ping
             if deadline is not None and not self._completing:
@@ -1407,9 +1412,13 @@ class EventStream:
             if now >= next_ping:
                 next_ping = now + timings.ping_interval
                 await conn.send_ping()
+            # An event that arrived since the last look is a sign of life too.
+            seen = stats.events + stats.duplicates + stats.invalid
+            if seen != progress:
+                progress, progress_at = seen, now
             reading_since = self._reading_since
             if reading_since is not None:
-                silent = now - max(conn.protocol.last_alive, reading_since)
+                silent = now - max(conn.protocol.last_alive, reading_since, progress_at)
                 if silent > timings.liveness_timeout:
                     _log.warning(
                         "stream %s: no pong and no event for %.3g s; dropping the connection",

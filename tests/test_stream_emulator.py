@@ -528,6 +528,31 @@ async def test_a_frame_too_large_at_the_same_offset_three_times_is_fatal(
     assert stream.stats.reconnects.get("1009") == 2
 
 
+async def test_anext_and_async_for_share_one_iteration(emu: Emulator, tmp_path: Path) -> None:
+    # The how-to's loop: anext(stream), catching EventValidationError and going on; then an
+    # async for picks up where anext stopped, and the last event it handed out is committed.
+    await emu.publish(count=2)
+    bad = await emu.publish_invalid(count=1)
+    await emu.publish(count=3)
+    store = MemoryCheckpointStore()
+    got: list[int] = []
+    errors: list[str | None] = []
+    async with stream_for(emu, tmp_path, checkpoints=store) as stream:
+        while len(got) + len(errors) < 4:
+            try:
+                event = await asyncio.wait_for(anext(stream), 10)
+            except EventValidationError as error:
+                errors.append(error.offset)
+                continue
+            got.append(int(event.metadata.offset))
+        got.extend(offsets(await take(stream, 2)))
+    assert got == [1, 2, 4, 5, 6]
+    assert errors == bad
+    saved = await store.load(stream.stream_id)
+    assert saved is not None
+    assert saved.offset == "6"
+
+
 def _next_frame(offset: int) -> str:
     event = {
         "metadata": {"offset": str(offset), "uniqueEventId": f"u{offset}"},

@@ -292,9 +292,11 @@ class EventStream:
     counts as processed when the next one is asked for, when :meth:`commit` is called, or when
     the block is left without an exception; only processed offsets are committed.
 
-    While the caller asks for events, ``__anext__`` reads the socket itself; while the caller is
-    busy with an event, the stream's own task reads ahead into a bounded queue of
-    ``queue_size`` events (answering pings on the way), which ``__anext__`` empties first.
+    ``async for`` (and ``anext(stream)``) resumes one iteration per event, which reads the
+    socket itself while the caller asks for events; while the caller is busy with an event, the
+    stream's own task reads ahead into a bounded queue of ``queue_size`` events (answering pings
+    on the way), which the iteration empties first. A loop left with ``break`` goes on where it
+    stopped if iterated again.
     """
 
     def __init__(

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from helpers.streams import FAST_TIMINGS
 from helpers.streams import emulator_auth as auth_for
@@ -577,61 +579,65 @@ def _stream_on(port: int, tmp_path: Path, liveness_timeout: float) -> EventStrea
     )
 
 
-async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path: Path) -> None:
-    """No pong and no event within liveness_timeout: the link is dead, reconnect (protocol §4)."""
-    from websockets.asyncio.server import ServerConnection, serve
+@contextlib.asynccontextmanager
+async def _scripted_gateway(
+    script: Callable[[ServerConnection, int], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A bare graphql-transport-ws server that never answers a ping: each connection is
+    acknowledged and subscribed, then ``script(ws, n)`` runs (``n`` counts connections from 1)
+    until the client closes. Yields the port."""
 
-    connections = 0
-
-    async def silent(ws: ServerConnection) -> None:
+    async def handler(ws: ServerConnection) -> None:
         nonlocal connections
         connections += 1
         await ws.recv()  # connection_init
         await ws.send('{"type":"connection_ack"}')
         await ws.recv()  # subscribe
-        if connections == 1:
-            await ws.wait_closed()  # nothing: no pong, no event, until the client gives up
-            return
-        await ws.send(_next_frame(1))
+        await script(ws, connections)
         await ws.wait_closed()
 
+    connections = 0
     async with serve(
-        silent, "127.0.0.1", 0, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+        handler, "127.0.0.1", 0, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
     ) as server:
-        stream = _stream_on(server.sockets[0].getsockname()[1], tmp_path, liveness_timeout=0.5)
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path: Path) -> None:
+    """No pong and no event within liveness_timeout: the link is dead, reconnect (protocol §4)."""
+    connections: list[int] = []
+
+    async def silent_once(ws: ServerConnection, n: int) -> None:
+        connections.append(n)
+        if n > 1:  # the first connection gets nothing, until the client gives up
+            await ws.send(_next_frame(1))
+
+    async with _scripted_gateway(silent_once) as port:
+        stream = _stream_on(port, tmp_path, liveness_timeout=0.5)
         async with stream:
             got = await take(stream, 1, timeout=10)
     assert offsets(got) == [1]
-    assert connections == 2
+    assert connections == [1, 2]
     assert stream.stats.reconnects == {"liveness": 1}
 
 
 async def test_events_keep_a_connection_alive_while_pongs_are_held_back(tmp_path: Path) -> None:
     """A server that answers no ping but keeps sending events is alive (protocol §4): the
     caller reads them itself, event after event, for three times liveness_timeout."""
-    from websockets.asyncio.server import ServerConnection, serve
+    connections: list[int] = []
 
-    connections = 0
-
-    async def no_pongs(ws: ServerConnection) -> None:
-        nonlocal connections
-        connections += 1
-        await ws.recv()  # connection_init
-        await ws.send('{"type":"connection_ack"}')
-        await ws.recv()  # subscribe; the client's pings are never answered
+    async def steady(ws: ServerConnection, n: int) -> None:
+        connections.append(n)
         for offset in range(1, 31):
             await ws.send(_next_frame(offset))
             await asyncio.sleep(0.05)
-        await ws.wait_closed()
 
-    async with serve(
-        no_pongs, "127.0.0.1", 0, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
-    ) as server:
-        stream = _stream_on(server.sockets[0].getsockname()[1], tmp_path, liveness_timeout=0.5)
+    async with _scripted_gateway(steady) as port:
+        stream = _stream_on(port, tmp_path, liveness_timeout=0.5)
         async with stream:
             got = await take(stream, 30, timeout=10)
     assert offsets(got) == list(range(1, 31))
-    assert connections == 1
+    assert connections == [1]
     assert stream.stats.reconnects == {}
 
 

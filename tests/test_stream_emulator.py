@@ -621,9 +621,13 @@ async def test_a_silent_server_trips_liveness_and_the_stream_reconnects(tmp_path
     assert stream.stats.reconnects == {"liveness": 1}
 
 
-async def test_events_keep_a_connection_alive_while_pongs_are_held_back(tmp_path: Path) -> None:
-    """A server that answers no ping but keeps sending events is alive (protocol §4): the
-    caller reads them itself, event after event, for three times liveness_timeout."""
+@pytest.mark.parametrize("busy", [0.0, 1.0], ids=["caller-reads", "busy-caller"])
+async def test_events_keep_a_connection_alive_while_pongs_are_held_back(
+    tmp_path: Path, busy: float
+) -> None:
+    """A server that answers no ping but keeps sending events is alive (protocol §4), for three
+    times liveness_timeout: read by the caller itself, event after event, or queued by the
+    stream's task while the caller is busy with the first event for twice liveness_timeout."""
     connections: list[int] = []
 
     async def steady(ws: ServerConnection, n: int) -> None:
@@ -635,7 +639,9 @@ async def test_events_keep_a_connection_alive_while_pongs_are_held_back(tmp_path
     async with _scripted_gateway(steady) as port:
         stream = _stream_on(port, tmp_path, liveness_timeout=0.5)
         async with stream:
-            got = await take(stream, 30, timeout=10)
+            got = await take(stream, 1, timeout=10)
+            await asyncio.sleep(busy)
+            got += await take(stream, 29, timeout=10)
     assert offsets(got) == list(range(1, 31))
     assert connections == [1]
     assert stream.stats.reconnects == {}

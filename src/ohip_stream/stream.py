@@ -1238,9 +1238,9 @@ class EventStream:
         recv = live.recv
         receive_event = live.receive_event
         handed_off = 0
-        # Liveness counts only time spent waiting on the socket: from here, after each event
-        # queued, and after each wait for room in the queue (protocol §4: a late pong during a
-        # burst is fine).
+        # Liveness (protocol §4): silence counts from here, from each wait for room in the
+        # queue, or from the last event the keeper saw arrive (a late pong during a burst is
+        # fine).
         self._reading_since = time.monotonic()
         try:
             while True:
@@ -1261,7 +1261,6 @@ class EventStream:
                     event = other
                 if event is None or not self._accept(live, event) or self._stopping:
                     continue
-                self._reading_since = time.monotonic()
                 queue = self._queue
                 items = queue._items
                 if len(items) < queue._maxsize:  # Buffer.offer, inlined
@@ -1382,6 +1381,12 @@ class EventStream:
         _log.info("stream %s: completing the subscription (%s)", self.stream_id, why)
         await conn.complete()
 
+    def _arrivals(self) -> int:
+        """Events that arrived so far, however they went on: handed out, dropped as duplicates,
+        dead-lettered, or still queued (no reader keeps a clock per event)."""
+        stats = self.stats
+        return stats.events + stats.duplicates + stats.invalid + len(self._queue._items)
+
     def _rotation_deadline(self, token: AccessToken) -> float | None:
         expires_at = token.expires_at
         if expires_at is None:
@@ -1400,8 +1405,7 @@ class EventStream:
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + timings.ping_interval
         drain_until: float | None = None
-        stats = self.stats
-        progress = stats.events + stats.duplicates + stats.invalid
+        progress = self._arrivals()
         progress_at = loop.time()
         while True:
             wake = next_ping
@@ -1415,7 +1419,7 @@ class EventStream:
                 next_ping = now + timings.ping_interval
                 await conn.send_ping()
             # An event that arrived since the last look is a sign of life too.
-            seen = stats.events + stats.duplicates + stats.invalid
+            seen = self._arrivals()
             if seen != progress:
                 progress, progress_at = seen, now
             reading_since = self._reading_since

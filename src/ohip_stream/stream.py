@@ -1385,7 +1385,7 @@ class EventStream:
         """Events that arrived so far, however they went on: handed out, dropped as duplicates,
         dead-lettered, or still queued (no reader keeps a clock per event)."""
         stats = self.stats
-        return stats.events + stats.duplicates + stats.invalid + len(self._queue._items)
+        return stats.events + stats.duplicates + stats.invalid + self._queue.qsize()
 
     def _rotation_deadline(self, token: AccessToken) -> float | None:
         expires_at = token.expires_at

@@ -16,6 +16,7 @@ import pytest
 import respx
 
 from ohip_stream import AuthenticationError, ConfigurationError, OhipError, TransportError
+from ohip_stream._logging import register_secret
 from ohip_stream.auth import (
     DEFAULT_SCOPE,
     AccessToken,
@@ -625,6 +626,9 @@ async def test_refusals_are_not_retried_and_carry_no_secret(
         provider = OAuthPassword(**pw_kwargs(clock=clock, sleep=sleep))
     else:
         provider = OAuthClientCredentials(**cc_kwargs(clock=clock, sleep=sleep))
+        # This provider never sees the password: it is a secret another part of the process
+        # registered (redaction is process-wide).
+        register_secret(PASSWORD)
     async with provider:
         with pytest.raises(AuthenticationError) as info:
             await provider.get_token()

@@ -12,7 +12,7 @@ import asyncio
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from ohip_stream import (
     OhipError,
     StaticToken,
     Timings,
-    _logging,
 )
 from ohip_stream.cli import main as cli_main
 from ohip_stream.models import Event, parse_next_frame
@@ -47,20 +46,6 @@ from ohip_stream.protocol import (
 from ohip_stream.query import build_subscription
 from ohip_stream.settings import OhipSettings
 from ohip_stream.testing import make_event
-
-
-@pytest.fixture(autouse=True)
-def _restore_the_redaction_registry() -> Iterator[None]:
-    # Random application keys and secrets are registered for redaction as the examples run;
-    # left there, "abc" would be redacted from the log lines of every later test.
-    saved = (set(_logging._secrets), dict(_logging._transient), _logging._ordered_secrets)
-    yield
-    _logging._secrets.clear()
-    _logging._secrets.update(saved[0])
-    _logging._transient.clear()
-    _logging._transient.update(saved[1])
-    _logging._ordered_secrets = saved[2]
-
 
 FAST = settings(max_examples=120, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 

@@ -88,7 +88,7 @@ def _json_loads(frame: str | bytes) -> str | None:
 
 
 def _validate(frame: str | bytes) -> str | None:
-    return parse_next_frame(frame).payload.data.newEvent.metadata.offset
+    return parse_next_frame(frame)["payload"]["data"]["newEvent"].metadata.offset
 
 
 async def ceiling(emu: EmulatorProcess, token: str, n: int) -> Result:

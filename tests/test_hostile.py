@@ -196,7 +196,7 @@ def test_parse_next_frame_gives_a_frame_or_a_validation_error(frame: str | bytes
         parsed = parse_next_frame(frame)
     except ValidationError:
         return
-    event = parsed.payload.data.newEvent
+    event = parsed["payload"]["data"]["newEvent"]
     assert isinstance(event, Event)
     _use(event)
 

@@ -309,11 +309,13 @@ def test_occurred_at() -> None:
 
 def test_parse_next_frame_str_and_bytes() -> None:
     raw = json.dumps({"id": "1", "type": "next", "payload": {"data": {"newEvent": WIRE}}})
-    frame = parse_next_frame(raw)
-    assert isinstance(frame, NextFrame)
-    assert frame.id == "1"
-    assert frame.payload.data.newEvent == event()
+    frame: NextFrame = parse_next_frame(raw)
+    assert frame == {"id": "1", "type": "next", "payload": {"data": {"newEvent": event()}}}
+    assert type(frame["payload"]["data"]["newEvent"]) is Event
     assert parse_next_frame(raw.encode()) == frame
+    # other members of the message are left out
+    extra = {"id": "1", "type": "next", "payload": {"data": {"newEvent": WIRE}, "x": 1}, "y": 2}
+    assert parse_next_frame(json.dumps(extra)) == frame
 
 
 @pytest.mark.parametrize(

@@ -300,10 +300,9 @@ class ClientProtocol:
             frame = _validate_next_json(text)
         except ValidationError:
             return None
-        if frame.id != self.subscription_id:
+        if frame["id"] != self.subscription_id:
             return None  # :meth:`receive` names the unknown id
-        event: Event = frame.payload.data.newEvent
-        return event
+        return frame["payload"]["data"]["newEvent"]
 
     def receive_close(self, code: int | None, reason: str = "") -> Closed:
         """The WebSocket closed; ``None`` (no close frame) counts as 1006."""

@@ -460,6 +460,35 @@ async def test_invalid_events_raise_skip_or_reach_the_callback(
         assert offsets(await take(stream, 2)) == [1, 3]
 
 
+async def test_an_invalid_event_after_a_valid_one_is_dead_lettered_once_while_the_caller_reads(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    # The caller reads the socket itself while it asks for events: a valid event, then an
+    # invalid one in the next frame. The invalid one goes to the dead-letter path once; the valid
+    # one before it is not handed out again.
+    dead: list[str] = []
+    valid: list[str] = []
+    invalid: list[str] = []
+
+    def dead_letter(raw: str, error: Exception) -> None:
+        dead.append(raw)
+
+    async with stream_for(emu, tmp_path, on_invalid=dead_letter) as stream:
+        valid += await emu.publish(count=1)
+        got = await take(stream, 1)
+        for _ in range(10):
+            valid += await emu.publish(count=1)
+            invalid += await emu.publish_invalid(count=1)
+            valid += await emu.publish(count=1)
+            got += await take(stream, 2)
+    assert offsets(got) == [int(o) for o in valid]
+    assert len(dead) == len(invalid) == 10
+    for offset, raw in zip(invalid, dead, strict=True):
+        assert json.loads(raw)["payload"]["data"]["newEvent"]["metadata"]["offset"] == offset
+    assert stream.stats.invalid == 10
+    assert stream.stats.duplicates == 0
+
+
 async def test_resume_from_checkpoint_drops_the_replayed_event(
     emu: Emulator, tmp_path: Path
 ) -> None:

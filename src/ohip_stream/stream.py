@@ -34,6 +34,7 @@ from types import AsyncGeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from websockets.exceptions import ConnectionClosed
 
@@ -47,7 +48,7 @@ from ohip_stream._logging import get_logger, install_redaction, register_secret
 from ohip_stream.checkpoints import Checkpoint, CheckpointStore, MemoryCheckpointStore
 from ohip_stream.connection import Connection
 from ohip_stream.guard import StreamGuard
-from ohip_stream.models import Event
+from ohip_stream.models import Event, NextFrame, _validate_next_json
 from ohip_stream.policy import (
     Action,
     ActionKind,
@@ -98,6 +99,9 @@ _CALLER_AWAY = 0.05
 # task (_pump_read).
 _CALLER = 1
 _PUMP = 2
+# The states in which a valid next frame of the subscription is an event (compared with `is`).
+_SUBSCRIBED = State.SUBSCRIBED
+_COMPLETING = State.COMPLETING
 
 
 @dataclass
@@ -384,10 +388,12 @@ class EventStream:
         self._last_seen = -1  # highest offset received into the pipeline (int)
         self._last_seen_offset: str | None = None
         # At least the last ``dedup_window`` unique ids, in two generations: ids go into the
-        # young set; when it holds dedup_window ids it becomes the old one (the previous old one
-        # is dropped). Two lookups and one add per event.
-        self._seen_young: set[str] = set()
-        self._seen_old: set[str] = set()
+        # young one; when it holds dedup_window ids it becomes the old one (the previous old one
+        # is dropped). Two lookups and one insertion per event. Dicts, not sets: a dict of
+        # strings is not tracked by the garbage collector, which would otherwise walk every id
+        # at each collection, and holds them in less memory.
+        self._seen_young: dict[str, None] = {}
+        self._seen_old: dict[str, None] = {}
         self._window = 0
         self._asked_offset: int | None = None
         self._first_start = True
@@ -626,8 +632,9 @@ class EventStream:
             # queue in between. This loop runs once per event; what it does is measured by
             # benchmarks/throughput.py.
             recv = live.recv
-            receive_event = live.receive_event
+            protocol = live.conn.protocol
             invalid: InvalidNext | None = None
+            event: Event | None = None
             # Liveness (protocol §4): silence counts from here, or from the last event the
             # keeper saw arrive (no clock read per event).
             self._reading_since = time.monotonic()
@@ -637,13 +644,25 @@ class EventStream:
                     while True:
                         # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
                         frame = await recv(False)
-                        event = receive_event(frame)
-                        if event is None:
+                        # ClientProtocol.receive_event, inlined: a valid next frame of the
+                        # running subscription is an event; any other goes to receive().
+                        try:
+                            message: NextFrame | None = _validate_next_json(frame)
+                        except ValidationError:
+                            message = None
+                        if (
+                            message is not None
+                            and message["id"] == protocol.subscription_id
+                            and (protocol.state is _SUBSCRIBED or protocol.state is _COMPLETING)
+                        ):
+                            event = message["payload"]["data"]["newEvent"]
+                        else:
                             other = await self._other_frame(live, frame)
                             if other is None:
                                 continue
                             if isinstance(other, InvalidNext):
                                 invalid = other
+                                event = None  # not the previous event, handed out already
                                 break
                             event = other
                         # _accept, inlined: de-duplication (protocol §6), by offset, then by
@@ -657,7 +676,7 @@ class EventStream:
                         if live.first:
                             live.first = False
                             self._first_event(number)
-                        if 0 <= number <= self._last_seen:
+                        if number <= self._last_seen and number >= 0:
                             stats.duplicates += 1
                             continue
                         uid = metadata.unique_event_id
@@ -665,10 +684,10 @@ class EventStream:
                         if uid in young or uid in self._seen_old:
                             stats.duplicates += 1
                             continue
-                        young.add(uid)
+                        young[uid] = None
                         if len(young) >= self._window:
                             self._seen_old = young
-                            self._seen_young = set()
+                            self._seen_young = {}
                         if number >= 0:
                             self._last_seen = number
                             self._last_seen_offset = offset
@@ -963,7 +982,7 @@ class EventStream:
             self._last_seen = int(checkpoint.offset)
             self._last_seen_offset = checkpoint.offset
         if checkpoint.unique_event_id:
-            self._seen_young.add(checkpoint.unique_event_id)
+            self._seen_young[checkpoint.unique_event_id] = None
         _log.info(
             "stream %s resumes after offset %s", self.stream_id, checkpoint.offset or "(none)"
         )
@@ -1311,7 +1330,7 @@ class EventStream:
         if live.first:
             live.first = False
             self._first_event(number)
-        if 0 <= number <= self._last_seen:
+        if number <= self._last_seen and number >= 0:
             self.stats.duplicates += 1
             return False
         uid = metadata.unique_event_id
@@ -1319,10 +1338,10 @@ class EventStream:
         if uid in young or uid in self._seen_old:
             self.stats.duplicates += 1
             return False
-        young.add(uid)
+        young[uid] = None
         if len(young) >= self._window:
             self._seen_old = young
-            self._seen_young = set()
+            self._seen_young = {}
         if number >= 0:
             self._last_seen = number
             self._last_seen_offset = offset

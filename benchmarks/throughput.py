@@ -170,8 +170,8 @@ CONTENDERS: dict[str, Callable[[EmulatorProcess, str, int], Awaitable[Result]]] 
     "ceiling": ceiling,
     "floor": floor,
     "validate": validate,
-    "gql": gql_client,
     "sdk": sdk,
+    "gql": gql_client,
 }
 
 LABELS = {
@@ -191,7 +191,9 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
         expected_last = str(emu.first_offset + n - 1)
         names = list(CONTENDERS)
         for round_index in range(rounds):
-            # alternate, and rotate the order so that no contender always goes first
+            # alternate, and rotate the order so that no contender always goes first; the sdk
+            # runs between validate and gql (in the first three rounds), so that each paired
+            # ratio compares runs seconds apart
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for name in order:
                 gc.collect()
@@ -216,6 +218,13 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
                     )
     medians = {name: statistics.median(values) for name, values in samples.items()}
     sdk_eps = medians["sdk"]
+
+    def paired(base: str) -> float:
+        """The median over rounds of sdk/base within each round: the machine's drift between
+        rounds (other load, frequency) cancels out of it, unlike a ratio of medians."""
+        ratios = [a / b for a, b in zip(samples["sdk"], samples[base], strict=True)]
+        return round(statistics.median(ratios), 3)
+
     return {
         "n": n,
         "rounds": rounds,
@@ -227,6 +236,8 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
         "sdk_vs_gql": round(sdk_eps / medians["gql"], 3),
         "sdk_vs_validate": round(sdk_eps / medians["validate"], 3),
         "sdk_vs_floor": round(sdk_eps / medians["floor"], 3),
+        "sdk_vs_gql_paired": paired("gql"),
+        "sdk_vs_validate_paired": paired("validate"),
         "samples": {name: [round(v) for v in values] for name, values in samples.items()},
         "cpu_us": {name: round(statistics.median(v), 2) for name, v in cpu_samples.items()},
     }
@@ -250,6 +261,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"\nsdk_vs_gql {result['sdk_vs_gql']:.3f}  sdk_vs_validate {result['sdk_vs_validate']:.3f}"
         f"  sdk_vs_floor {result['sdk_vs_floor']:.3f}"
+    )
+    print(
+        f"paired within each round (median): sdk_vs_gql {result['sdk_vs_gql_paired']:.3f}"
+        f"  sdk_vs_validate {result['sdk_vs_validate_paired']:.3f}"
     )
 
 
@@ -283,6 +298,8 @@ JSON_KEYS = (
     "sdk_vs_gql",
     "sdk_vs_validate",
     "sdk_vs_floor",
+    "sdk_vs_gql_paired",
+    "sdk_vs_validate_paired",
 )
 
 if __name__ == "__main__":

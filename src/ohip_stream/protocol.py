@@ -206,13 +206,16 @@ class ClientProtocol:
 
     subscription_id: str = "1"
     clock: Callable[[], float] = time.monotonic
-    state: State = State.OPEN
+    # Set in __post_init__, not as a class-level default: an Enum default on the class keeps
+    # the interpreter from specializing ``protocol.state``, which the stream reads per event.
+    state: State = field(init=False)
     last_alive: float = field(default=0.0)
     _outgoing: list[str] = field(default_factory=list, repr=False)
     _queries: dict[str, bool] = field(default_factory=dict, repr=False)
     _query_count: int = 0
 
     def __post_init__(self) -> None:
+        self.state = State.OPEN
         self.last_alive = self.clock()
 
     # --- commands ------------------------------------------------------------------------------

@@ -405,8 +405,9 @@ class EventStream:
         self._done: Event | InvalidNext | None = None
         self._checkpoint_base = Checkpoint()
         self._dirty = 0
-        # Set by a timer commit_interval after each commit (no clock read per event).
-        self._commit_due = False
+        # A commit is due when _dirty reaches this: commit_every, or 1 once commit_interval has
+        # passed since the last commit (a timer sets it: no clock read per event).
+        self._commit_at = max(commit_every, 1)
         self._commit_timer: asyncio.TimerHandle | None = None
         self._idle_commit: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -598,7 +599,7 @@ class EventStream:
         items = queue._items
         while True:
             self._note_handed()
-            if self._dirty and (self._dirty >= self._commit_every or self._commit_due):
+            if self._dirty >= self._commit_at:
                 await self._commit()
             if self._stop_requested or self._closed:
                 return
@@ -715,8 +716,8 @@ class EventStream:
                 if handed is not None:  # _note_processed, inlined
                     self._handed = None
                     self._done = handed
-                    self._dirty += 1
-                    if self._dirty >= self._commit_every or self._commit_due:
+                    dirty = self._dirty = self._dirty + 1
+                    if dirty >= self._commit_at:
                         await self._commit()
                 if live.owner is not None or live.ended or self._stop_requested or items:
                     break
@@ -869,13 +870,13 @@ class EventStream:
 
     async def _processed(self, item: InvalidNext) -> None:
         self._note_processed(item)
-        if self._dirty and (self._dirty >= self._commit_every or self._commit_due):
+        if self._dirty >= self._commit_at:
             await self._commit()
 
     def _arm_commit_timer(self) -> None:
         if self._commit_timer is not None:
             self._commit_timer.cancel()
-        self._commit_due = False
+        self._commit_at = self._commit_every
         self._commit_timer = asyncio.get_running_loop().call_later(
             self._commit_interval, self._commit_time
         )
@@ -884,7 +885,7 @@ class EventStream:
         # commit_interval has passed since the last commit: the next event asked for commits;
         # processed events waiting for a quiet stream are committed now.
         self._commit_timer = None
-        self._commit_due = True
+        self._commit_at = 1
         if self._dirty and not self._closed and not self._commit_lock.locked():
             self._idle_commit = asyncio.create_task(self._commit_quietly())
 

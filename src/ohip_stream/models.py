@@ -207,18 +207,18 @@ def _oracle_datetime(match: re.Match[str]) -> datetime | None:
 # attributes on the hot path.
 
 
-class NewEventData(TypedDict):
+class _NewEventData(TypedDict):
     """``payload.data`` of a ``next`` message: the subscription's one field."""
 
     __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
     newEvent: Event
 
 
-class NextPayload(TypedDict):
+class _NextPayload(TypedDict):
     """``payload`` of a ``next`` message."""
 
     __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
-    data: NewEventData
+    data: _NewEventData
 
 
 class NextFrame(TypedDict):
@@ -229,7 +229,7 @@ class NextFrame(TypedDict):
     __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
     id: str
     type: Literal["next"]
-    payload: NextPayload
+    payload: _NextPayload
 
 
 _NEXT_FRAME: TypeAdapter[NextFrame] = TypeAdapter(NextFrame)

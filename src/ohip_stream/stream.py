@@ -34,7 +34,6 @@ from types import AsyncGeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from websockets.exceptions import ConnectionClosed
 
@@ -48,7 +47,7 @@ from ohip_stream._logging import get_logger, install_redaction, register_secret
 from ohip_stream.checkpoints import Checkpoint, CheckpointStore, MemoryCheckpointStore
 from ohip_stream.connection import Connection
 from ohip_stream.guard import StreamGuard
-from ohip_stream.models import Event, NextFrame, _validate_next_json
+from ohip_stream.models import Event
 from ohip_stream.policy import (
     Action,
     ActionKind,
@@ -99,9 +98,6 @@ _CALLER_AWAY = 0.05
 # task (_pump_read).
 _CALLER = 1
 _PUMP = 2
-# The states in which a valid next frame of the subscription is an event (compared with `is`).
-_SUBSCRIBED = State.SUBSCRIBED
-_COMPLETING = State.COMPLETING
 
 
 @dataclass
@@ -407,7 +403,7 @@ class EventStream:
         self._dirty = 0
         # A commit is due when _dirty reaches this: commit_every, or 1 once commit_interval has
         # passed since the last commit (a timer sets it: no clock read per event).
-        self._commit_at = max(commit_every, 1)
+        self._commit_at = commit_every
         self._commit_timer: asyncio.TimerHandle | None = None
         self._idle_commit: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -633,9 +629,8 @@ class EventStream:
             # queue in between. This loop runs once per event; what it does is measured by
             # benchmarks/throughput.py.
             recv = live.recv
-            protocol = live.conn.protocol
+            receive_event = live.receive_event
             invalid: InvalidNext | None = None
-            event: Event | None = None
             # Liveness (protocol §4): silence counts from here, or from the last event the
             # keeper saw arrive (no clock read per event).
             self._reading_since = time.monotonic()
@@ -645,25 +640,13 @@ class EventStream:
                     while True:
                         # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
                         frame = await recv(False)
-                        # ClientProtocol.receive_event, inlined: a valid next frame of the
-                        # running subscription is an event; any other goes to receive().
-                        try:
-                            message: NextFrame | None = _validate_next_json(frame)
-                        except ValidationError:
-                            message = None
-                        if (
-                            message is not None
-                            and message["id"] == protocol.subscription_id
-                            and (protocol.state is _SUBSCRIBED or protocol.state is _COMPLETING)
-                        ):
-                            event = message["payload"]["data"]["newEvent"]
-                        else:
+                        event = receive_event(frame)
+                        if event is None:
                             other = await self._other_frame(live, frame)
                             if other is None:
                                 continue
                             if isinstance(other, InvalidNext):
                                 invalid = other
-                                event = None  # not the previous event, handed out already
                                 break
                             event = other
                         # _accept, inlined: de-duplication (protocol §6), by offset, then by

@@ -14,7 +14,11 @@ the stream does):
 0. ceiling: a plain ``websockets`` client that only receives;
 1. floor: plain ``websockets`` + ``json.loads`` of each frame;
 2. validate: plain ``websockets`` validating each frame into ``ohip_stream.models.Event`` in
-   one pass (``parse_next_frame``): the limit for any client that hands out validated models;
+   one pass (``parse_next_frame``): the limit for any client that hands out validated models
+   through ``recv()``;
+2b. validate_buffered: the same, taking the frames websockets has already received as the
+   stream does (``ohip_stream.connection.buffered_message_reader``, ``recv()`` only when none
+   is there): sdk against it is what the stream's own work costs on top of validation;
 3. gql: ``gql``'s ``WebsocketsTransport`` subscription (hands out unvalidated dicts);
 4. sdk: ``EventStream``, the full pipeline (validated models, de-duplication, batched SQLite
    checkpoint commits).
@@ -38,15 +42,21 @@ import websockets
 from _harness import CLIENT_OPTIONS, EmulatorProcess
 
 from ohip_stream import EventStream, SQLiteCheckpointStore, StaticToken
+from ohip_stream.connection import buffered_message_reader
 from ohip_stream.models import parse_next_frame
 
 Result = tuple[int, float, str]  # events received, seconds first->last, last offset
 
 
 async def _plain(
-    emu: EmulatorProcess, token: str, n: int, handle: Callable[[str | bytes], str | None]
+    emu: EmulatorProcess,
+    token: str,
+    n: int,
+    handle: Callable[[str | bytes], str | None],
+    buffered: bool = False,
 ) -> Result:
-    """A plain websockets client: init, subscribe, then ``handle`` each of n frames."""
+    """A plain websockets client: init, subscribe, then ``handle`` each of n frames (with
+    ``buffered``, taking those already received without ``recv()``, as the stream does)."""
     async with websockets.connect(
         emu.ws_url,
         additional_headers={"Authorization": f"Bearer {token}"},
@@ -62,12 +72,21 @@ async def _plain(
         )
         recv = ws.recv
         # Undecoded, as the stream reads them: json.loads and pydantic take UTF-8 bytes.
-        frame = await recv(False)
+        frame: bytes | None = await recv(False)
         handle(frame)
-        started = time.perf_counter()
-        for _ in range(n - 1):
-            frame = await recv(False)
-            handle(frame)
+        if buffered:
+            next_buffered = buffered_message_reader(ws)
+            started = time.perf_counter()
+            for _ in range(n - 1):
+                frame = next_buffered()
+                if frame is None:
+                    frame = await recv(False)
+                handle(frame)
+        else:
+            started = time.perf_counter()
+            for _ in range(n - 1):
+                frame = await recv(False)
+                handle(frame)
         elapsed = time.perf_counter() - started
     # checked once, after the clock stopped: the last frame is the backlog's last event
     return n, elapsed, _json_loads(frame) or ""
@@ -101,6 +120,10 @@ async def floor(emu: EmulatorProcess, token: str, n: int) -> Result:
 
 async def validate(emu: EmulatorProcess, token: str, n: int) -> Result:
     return await _plain(emu, token, n, _validate)
+
+
+async def validate_buffered(emu: EmulatorProcess, token: str, n: int) -> Result:
+    return await _plain(emu, token, n, _validate, buffered=True)
 
 
 async def gql_client(emu: EmulatorProcess, token: str, n: int) -> Result:
@@ -172,12 +195,14 @@ CONTENDERS: dict[str, Callable[[EmulatorProcess, str, int], Awaitable[Result]]] 
     "validate": validate,
     "sdk": sdk,
     "gql": gql_client,
+    "validate_buffered": validate_buffered,
 }
 
 LABELS = {
     "ceiling": "websockets, receive only",
     "floor": "websockets + json.loads",
     "validate": "websockets + Event (one pass)",
+    "validate_buffered": "websockets buffered + Event",
     "gql": "gql WebsocketsTransport",
     "sdk": "ohip_stream.EventStream",
 }
@@ -192,8 +217,8 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
         names = list(CONTENDERS)
         for round_index in range(rounds):
             # alternate, and rotate the order so that no contender always goes first; the sdk
-            # runs between validate and gql (in the first three rounds), so that each paired
-            # ratio compares runs seconds apart
+            # runs between validate and gql (in the first four rounds), so that each paired
+            # ratio of the goals compares runs seconds apart
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for name in order:
                 gc.collect()
@@ -231,6 +256,7 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
         "ceiling_eps": round(medians["ceiling"]),
         "floor_eps": round(medians["floor"]),
         "validate_eps": round(medians["validate"]),
+        "validate_buffered_eps": round(medians["validate_buffered"]),
         "gql_eps": round(medians["gql"]),
         "sdk_eps": round(sdk_eps),
         "sdk_vs_gql": round(sdk_eps / medians["gql"], 3),
@@ -238,6 +264,7 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
         "sdk_vs_floor": round(sdk_eps / medians["floor"], 3),
         "sdk_vs_gql_paired": paired("gql"),
         "sdk_vs_validate_paired": paired("validate"),
+        "sdk_vs_validate_buffered_paired": paired("validate_buffered"),
         "samples": {name: [round(v) for v in values] for name, values in samples.items()},
         "cpu_us": {name: round(statistics.median(v), 2) for name, v in cpu_samples.items()},
     }
@@ -265,6 +292,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"paired within each round (median): sdk_vs_gql {result['sdk_vs_gql_paired']:.3f}"
         f"  sdk_vs_validate {result['sdk_vs_validate_paired']:.3f}"
+        f"  sdk_vs_validate_buffered {result['sdk_vs_validate_buffered_paired']:.3f}"
     )
 
 
@@ -300,6 +328,8 @@ JSON_KEYS = (
     "sdk_vs_floor",
     "sdk_vs_gql_paired",
     "sdk_vs_validate_paired",
+    "validate_buffered_eps",
+    "sdk_vs_validate_buffered_paired",
 )
 
 if __name__ == "__main__":

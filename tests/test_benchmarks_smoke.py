@@ -52,14 +52,26 @@ def test_throughput_smoke() -> None:
         "sdk_vs_floor",
         "sdk_vs_gql_paired",
         "sdk_vs_validate_paired",
+        "validate_buffered_eps",
+        "sdk_vs_validate_buffered_paired",
     }
     assert result["n"] == 2000
     # every contender received all 2,000 events (the script raises otherwise) at some rate
-    for key in ("ceiling_eps", "floor_eps", "validate_eps", "gql_eps", "sdk_eps"):
+    for key in (
+        "ceiling_eps",
+        "floor_eps",
+        "validate_eps",
+        "validate_buffered_eps",
+        "gql_eps",
+        "sdk_eps",
+    ):
         assert result[key] > 0
     assert result["sdk_vs_gql"] == pytest.approx(result["sdk_eps"] / result["gql_eps"], rel=0.01)
     # one round: the paired ratio is that round's ratio, which is the ratio of the medians
     assert result["sdk_vs_validate_paired"] == pytest.approx(result["sdk_vs_validate"], rel=0.01)
+    assert result["sdk_vs_validate_buffered_paired"] == pytest.approx(
+        result["sdk_eps"] / result["validate_buffered_eps"], rel=0.01
+    )
 
 
 def test_memory_smoke() -> None:

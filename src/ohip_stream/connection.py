@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -33,10 +34,53 @@ from ohip_stream.protocol import (
 )
 from ohip_stream.query import connection_status_query
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "buffered_message_reader"]
 
 _log = get_logger("ohip_stream.connection")
 _ws_log = get_logger("ohip_stream.websockets")
+
+
+def _none() -> bytes | None:
+    return None
+
+
+def buffered_message_reader(ws: ClientConnection) -> Callable[[], bytes | None]:
+    """A function returning the next whole message ``ws`` has already received (undecoded), or
+    None when there is none yet: then ``await ws.recv(False)`` waits for it.
+
+    Under load a socket read holds hundreds of frames. ``ws.recv()`` hands each over through
+    three coroutines; taking a buffered one this way costs a plain call, with the same order,
+    the same flow control (reading resumes below the low-water mark) and the same bytes.
+    Fragmented messages, and anything while a ``recv()`` is under way, are left to ``recv()``.
+
+    It reads websockets' message buffer, which is not public API. Its shape is checked here
+    (the same from websockets 15 to 17); should a later release change it, the function returned
+    always answers None and every message goes through ``recv()``.
+    """
+    assembler: Any = getattr(ws, "recv_messages", None)
+    frames = getattr(getattr(assembler, "frames", None), "queue", None)
+    resume = getattr(assembler, "maybe_resume", None)
+    if (
+        not isinstance(frames, deque)
+        or not callable(resume)
+        or not isinstance(getattr(assembler, "get_in_progress", None), bool)
+    ):
+        _log.debug("websockets' message buffer has an unknown shape; every message via recv()")
+        return _none
+    popleft = frames.popleft
+
+    def next_buffered() -> bytes | None:
+        # The queue holds data frames only; with no recv() under way, its head starts a message.
+        if frames and not assembler.get_in_progress:
+            frame = frames[0]
+            if frame.fin:
+                popleft()
+                resume()
+                data = frame.data
+                return data if type(data) is bytes else bytes(data)
+        return None
+
+    return next_buffered
 
 
 class Connection:
@@ -68,6 +112,8 @@ class Connection:
         self._max_queue = max_queue
         self.protocol = ClientProtocol(clock=time.monotonic)
         self.ws: ClientConnection | None = None
+        #: The next whole message already received, or None (see buffered_message_reader).
+        self.next_buffered: Callable[[], bytes | None] = _none
         self.opened_at: float | None = None
 
     def __repr__(self) -> str:
@@ -102,6 +148,7 @@ class Connection:
             **kwargs,
         )
         self.opened_at = time.monotonic()
+        self.next_buffered = buffered_message_reader(self.ws)
         if self.ws.subprotocol != SUBPROTOCOL:
             await self.ws.close()
             raise ConnectionRejectedError(

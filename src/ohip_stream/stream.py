@@ -213,12 +213,23 @@ class _Live:
     """The subscribed connection being read: by the caller itself while it asks for events
     (no hand-over between tasks per event), or by the stream's own task while it is away."""
 
-    __slots__ = ("conn", "ended", "first", "outcome", "owner", "receive", "receive_event", "recv")
+    __slots__ = (
+        "conn",
+        "ended",
+        "first",
+        "next_buffered",
+        "outcome",
+        "owner",
+        "receive",
+        "receive_event",
+        "recv",
+    )
 
     def __init__(self, conn: Connection) -> None:
         assert conn.ws is not None
         self.conn = conn
         self.recv = conn.ws.recv
+        self.next_buffered = conn.next_buffered
         self.receive_event = conn.protocol.receive_event
         self.receive = conn.protocol.receive
         self.owner: int | None = None
@@ -629,6 +640,7 @@ class EventStream:
             # queue in between. This loop runs once per event; what it does is measured by
             # benchmarks/throughput.py.
             recv = live.recv
+            next_buffered = live.next_buffered
             receive_event = live.receive_event
             invalid: InvalidNext | None = None
             # Liveness (protocol §4): silence counts from here, or from the last event the
@@ -639,7 +651,10 @@ class EventStream:
                 try:
                     while True:
                         # Undecoded: the one-pass validation reads the UTF-8 bytes itself.
-                        frame = await recv(False)
+                        # Already received (the common case under load): a plain call.
+                        frame = next_buffered()
+                        if frame is None:
+                            frame = await recv(False)
                         event = receive_event(frame)
                         if event is None:
                             other = await self._other_frame(live, frame)

@@ -237,7 +237,7 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
                 cpu_samples[name].append(cpu / n * 1e6)
                 if verbose:
                     print(
-                        f"  round {round_index + 1} {name:<9} {eps:>12,.0f} events/s "
+                        f"  round {round_index + 1} {name:<17} {eps:>12,.0f} events/s "
                         f"{cpu / n * 1e6:>8.2f} us CPU/event",
                         flush=True,
                     )

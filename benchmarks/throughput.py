@@ -217,7 +217,7 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
         names = list(CONTENDERS)
         for round_index in range(rounds):
             # alternate, and rotate the order so that no contender always goes first; the sdk
-            # runs between validate and gql (in the first four rounds), so that each paired
+            # runs between validate and gql (in the first three rounds), so that each paired
             # ratio of the goals compares runs seconds apart
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for name in order:

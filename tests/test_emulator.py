@@ -789,6 +789,9 @@ async def test_close_with_any_code_and_a_truncated_reason(emu: Emulator) -> None
 
 
 async def test_send_raw_invalid_and_oversized(emu: Emulator) -> None:
+    # with no live subscription nothing is sent, and the empty answers say so
+    assert await emu.send_invalid_event() == ""
+    assert await emu.send_oversized(200_000) == 0
     await emu.publish(1)
     async with session(emu, max_size=100_000) as ws:
         await ws.send(subscribe_message('chainCode: "OHIPCN"', sub_id="abc"))

@@ -386,7 +386,9 @@ class Emulator:
     async def send_invalid_event(self) -> str:
         """Send each live subscription a ``next`` (right id) that breaks the schema, no offset.
 
-        Not stored. Returns the raw text sent (to the first subscription).
+        Not stored. Returns the raw text sent (to the first subscription), or an empty string
+        when no subscription is live (nothing was sent: subscribe first, e.g. by taking an
+        event).
         """
         return await self._submit(self._server.send_invalid_event)
 

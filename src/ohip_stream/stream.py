@@ -642,6 +642,7 @@ class EventStream:
             recv = live.recv
             next_buffered = live.next_buffered
             receive_event = live.receive_event
+            accept = self._accept
             invalid: InvalidNext | None = None
             # Liveness (protocol §4): silence counts from here, or from the last event the
             # keeper saw arrive (no clock read per event).
@@ -664,32 +665,9 @@ class EventStream:
                                 invalid = other
                                 break
                             event = other
-                        # _accept, inlined: de-duplication (protocol §6), by offset, then by
-                        # unique id.
-                        metadata = event.metadata
-                        offset = metadata.offset
-                        try:
-                            number = int(offset)
-                        except ValueError:
-                            number = -1
-                        if live.first:
-                            live.first = False
-                            self._first_event(number)
-                        if number <= self._last_seen and number >= 0:
-                            stats.duplicates += 1
-                            continue
-                        uid = metadata.unique_event_id
-                        young = self._seen_young
-                        if uid in young or uid in self._seen_old:
-                            stats.duplicates += 1
-                            continue
-                        young[uid] = None
-                        if len(young) >= self._window:
-                            self._seen_old = young
-                            self._seen_young = {}
-                        if number >= 0:
-                            self._last_seen = number
-                            self._last_seen_offset = offset
+                        offset = accept(live, event)
+                        if offset is None:
+                            continue  # a replay, dropped
                         break
                 except ConnectionClosed as exc:
                     self._end_live(live, _Planned() if self._completing else exc)
@@ -1277,7 +1255,7 @@ class EventStream:
                     continue
                 if other is not None:
                     event = other
-                if event is None or not self._accept(live, event) or self._stopping:
+                if event is None or self._accept(live, event) is None or self._stopping:
                     continue
                 queue = self._queue
                 items = queue._items
@@ -1317,9 +1295,9 @@ class EventStream:
             _log.info("stream %s: the server completed the subscription", self.stream_id)
         return None
 
-    def _accept(self, live: _Live, event: Event) -> bool:
-        """De-duplication (protocol §6): whether ``event`` is new, by offset, then by unique id.
-        (The caller's hot path in :meth:`_events` has this inlined.)"""
+    def _accept(self, live: _Live, event: Event) -> str | None:
+        """De-duplication (protocol §6), by offset, then by unique id: the offset of ``event``
+        if it is new, None if it is a replay (counted as a duplicate)."""
         metadata = event.metadata
         offset = metadata.offset
         try:
@@ -1331,12 +1309,12 @@ class EventStream:
             self._first_event(number)
         if number <= self._last_seen and number >= 0:
             self.stats.duplicates += 1
-            return False
+            return None
         uid = metadata.unique_event_id
         young = self._seen_young
         if uid in young or uid in self._seen_old:
             self.stats.duplicates += 1
-            return False
+            return None
         young[uid] = None
         if len(young) >= self._window:
             self._seen_old = young
@@ -1344,7 +1322,7 @@ class EventStream:
         if number >= 0:
             self._last_seen = number
             self._last_seen_offset = offset
-        return True
+        return offset
 
     def _accept_invalid(self, live: _Live, item: InvalidNext) -> bool:
         """Whether an invalid event is new (the dead-letter path gets it once)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 from pydantic.alias_generators import to_camel
 from typing_extensions import TypedDict
 
@@ -207,26 +207,26 @@ def _oracle_datetime(match: re.Match[str]) -> datetime | None:
 # attributes on the hot path.
 
 
+@with_config(ConfigDict(strict=True))
 class _NewEventData(TypedDict):
     """``payload.data`` of a ``next`` message: the subscription's one field."""
 
-    __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
     newEvent: Event
 
 
+@with_config(ConfigDict(strict=True))
 class _NextPayload(TypedDict):
     """``payload`` of a ``next`` message."""
 
-    __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
     data: _NewEventData
 
 
+@with_config(ConfigDict(strict=True))
 class NextFrame(TypedDict):
     """A graphql-transport-ws ``next`` message that carries one ``newEvent``, as validated by
     :func:`parse_next_frame`: ``frame["payload"]["data"]["newEvent"]`` is the :class:`Event`.
     Other members of the message are left out."""
 
-    __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
     id: str
     type: Literal["next"]
     payload: _NextPayload

@@ -13,10 +13,11 @@ websockets and the emulator's server, passes :class:`RedactingFilter`, which rem
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = [
     "REDACTED",
@@ -111,6 +112,27 @@ def register_secret(*values: str | None, transient: bool = False) -> None:
             # substring replacement: compiling a pattern of every secret costs more than it
             # saves, and would be paid again at each token.
             _ordered_secrets = tuple(sorted(_secrets.union(_transient), key=len, reverse=True))
+
+
+@contextlib.contextmanager
+def registry_kept() -> Iterator[None]:
+    """Leaves the registry of secrets as it was on entry, whatever was registered inside.
+
+    Redaction is process-wide: tests that register random values use this, so that a value
+    such as ``"ent"`` is not redacted from the text of every later test.
+    """
+    global _ordered_secrets
+    with _secrets_lock:
+        saved = (set(_secrets), dict(_transient), _ordered_secrets)
+    try:
+        yield
+    finally:
+        with _secrets_lock:
+            _secrets.clear()
+            _secrets.update(saved[0])
+            _transient.clear()
+            _transient.update(saved[1])
+            _ordered_secrets = saved[2]
 
 
 def redact_registered(text: str) -> str:

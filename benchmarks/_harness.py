@@ -23,9 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ohip_stream.connection import Connection
-from ohip_stream.protocol import SUBPROTOCOL, subscription_url
-from ohip_stream.query import build_subscription
+from ohip_stream._connection import Connection
+from ohip_stream._protocol import SUBPROTOCOL, subscription_url
+from ohip_stream._query import build_subscription
 
 #: The websockets client options every contender uses: those of the library's own connection.
 #: permessage-deflate is offered as websockets does by default (the emulator, like many

@@ -13,11 +13,11 @@ the stream does):
 
 0. ceiling: a plain ``websockets`` client that only receives;
 1. floor: plain ``websockets`` + ``json.loads`` of each frame;
-2. validate: plain ``websockets`` validating each frame into ``ohip_stream.models.Event`` in
+2. validate: plain ``websockets`` validating each frame into ``ohip_stream._models.Event`` in
    one pass (``parse_next_frame``): the limit for any client that hands out validated models
    through ``recv()``;
 2b. validate_buffered: the same, taking the frames websockets has already received as the
-   stream does (``ohip_stream.connection.buffered_message_reader``, ``recv()`` only when none
+   stream does (``ohip_stream._connection.buffered_message_reader``, ``recv()`` only when none
    is there): sdk against it is what the stream's own work costs on top of validation;
 3. gql: ``gql``'s ``WebsocketsTransport`` subscription (hands out unvalidated dicts);
 4. sdk: ``EventStream``, the full pipeline (validated models, de-duplication, batched SQLite
@@ -42,8 +42,8 @@ import websockets
 from _harness import CLIENT_OPTIONS, EmulatorProcess
 
 from ohip_stream import EventStream, SQLiteCheckpointStore, StaticToken
-from ohip_stream.connection import buffered_message_reader
-from ohip_stream.models import parse_next_frame
+from ohip_stream._connection import buffered_message_reader
+from ohip_stream._models import parse_next_frame
 
 Result = tuple[int, float, str]  # events received, seconds first->last, last offset
 

@@ -16,8 +16,7 @@ import pytest
 import respx
 
 from ohip_stream import AuthenticationError, ConfigurationError, OhipError, TransportError
-from ohip_stream._logging import register_secret
-from ohip_stream.auth import (
+from ohip_stream._auth import (
     DEFAULT_SCOPE,
     AccessToken,
     OAuthClientCredentials,
@@ -25,6 +24,7 @@ from ohip_stream.auth import (
     StaticToken,
     TokenProvider,
 )
+from ohip_stream._logging import register_secret
 
 GATEWAY = "https://gateway.example.com"
 TOKEN_URL = f"{GATEWAY}/oauth/v1/tokens"
@@ -387,7 +387,7 @@ async def test_jwt_exp_in_the_past_falls_back_to_expires_in(
 ) -> None:
     value = make_jwt(exp=START - 100)
     router.post(TOKEN_URL).respond(200, json=token_body(value, 3600))
-    with caplog.at_level(logging.WARNING, logger="ohip_stream.auth"):
+    with caplog.at_level(logging.WARNING, logger="ohip_stream._auth"):
         token = await cc.get_token()
     assert token.expires_at == START + 3600
     assert any("clock" in r.getMessage() for r in caplog.records)
@@ -900,7 +900,7 @@ async def test_no_secret_in_any_log_record(
         try:
             await provider.get_token()
         except TransportError:
-            logging.getLogger("ohip_stream.auth").exception("token failure")
+            logging.getLogger("ohip_stream._auth").exception("token failure")
         else:
             raise AssertionError("expected a TransportError")
 

@@ -44,8 +44,8 @@ from ohip_stream import (
     StaticToken,
     Timings,
 )
-from ohip_stream.checkpoints import Checkpoint
-from ohip_stream.stream import _Retry, stream_id_for
+from ohip_stream._checkpoints import Checkpoint
+from ohip_stream._stream import _Retry, stream_id_for
 from ohip_stream.testing import Emulator, make_event
 
 pytestmark = pytest.mark.chaos

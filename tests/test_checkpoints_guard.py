@@ -14,7 +14,7 @@ from ohip_stream import (
     MemoryCheckpointStore,
     SQLiteCheckpointStore,
 )
-from ohip_stream.guard import StreamGuard
+from ohip_stream._guard import StreamGuard
 
 
 async def test_memory_store_round_trip() -> None:
@@ -95,7 +95,7 @@ def test_guard_refuses_from_another_thread(tmp_path: Path) -> None:
 def test_guard_refuses_another_process_and_is_freed_when_it_dies(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
-        "from ohip_stream.guard import StreamGuard\n"
+        "from ohip_stream._guard import StreamGuard\n"
         f"g = StreamGuard('proc', lock_dir={str(tmp_path)!r}); g.acquire()\n"
         "print('held', flush=True)\n"
         "time.sleep(60)\n"

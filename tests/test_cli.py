@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from ohip_stream import cli
-from ohip_stream.checkpoints import SQLiteCheckpointStore
-from ohip_stream.guard import StreamGuard
-from ohip_stream.protocol import hash_app_key
-from ohip_stream.stream import stream_id_for
+from ohip_stream._checkpoints import SQLiteCheckpointStore
+from ohip_stream._guard import StreamGuard
+from ohip_stream._protocol import hash_app_key
+from ohip_stream._stream import stream_id_for
 
 pytest.importorskip("typer")
 pytest.importorskip("aiohttp")

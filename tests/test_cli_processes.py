@@ -17,8 +17,8 @@ from typing import IO
 
 import pytest
 
-from ohip_stream.checkpoints import SQLiteCheckpointStore
-from ohip_stream.stream import stream_id_for
+from ohip_stream._checkpoints import SQLiteCheckpointStore
+from ohip_stream._stream import stream_id_for
 
 pytest.importorskip("typer")
 pytest.importorskip("aiohttp")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from ohip_stream.connection import buffered_message_reader
+from ohip_stream._connection import buffered_message_reader
 
 Message = str | bytes | Sequence[str]
 

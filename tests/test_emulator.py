@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ohip_stream.models import Event
+from ohip_stream._models import Event
 from ohip_stream.testing import Emulator, make_event
 
 SUBPROTOCOLS: Any = ["graphql-transport-ws"]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from ohip_stream.models import Event
+from ohip_stream._models import Event
 from ohip_stream.testing import Emulator as LazyEmulator
 from ohip_stream.testing import EventFactory, make_detail, make_event
 

@@ -28,9 +28,8 @@ from ohip_stream import (
     StaticToken,
     Timings,
 )
-from ohip_stream.cli import main as cli_main
-from ohip_stream.models import Event, parse_next_frame
-from ohip_stream.protocol import (
+from ohip_stream._models import Event, parse_next_frame
+from ohip_stream._protocol import (
     ClientProtocol,
     Closed,
     Complete,
@@ -43,8 +42,9 @@ from ohip_stream.protocol import (
     QueryResult,
     State,
 )
-from ohip_stream.query import build_subscription
-from ohip_stream.settings import OhipSettings
+from ohip_stream._query import build_subscription
+from ohip_stream._settings import OhipSettings
+from ohip_stream.cli import main as cli_main
 from ohip_stream.testing import make_event
 
 FAST = settings(max_examples=120, deadline=1000, suppress_health_check=[HealthCheck.too_slow])

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from ohip_stream._logging import REDACTED, get_logger, redact, register_secret
-from ohip_stream.protocol import hash_app_key
+from ohip_stream._protocol import hash_app_key
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ohip_stream import Event, EventDetail, EventMetadata
-from ohip_stream.models import NextFrame, event_from_data, parse_next_frame, parse_timestamp
+from ohip_stream._models import NextFrame, event_from_data, parse_next_frame, parse_timestamp
 
 # The fact sheet's appendix F event (uniqueEventId made concrete).
 WIRE: dict[str, Any] = {

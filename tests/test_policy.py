@@ -39,7 +39,7 @@ from ohip_stream import (
     Timings,
     TransportError,
 )
-from ohip_stream.policy import (
+from ohip_stream._policy import (
     Action,
     ActionKind,
     Failure,

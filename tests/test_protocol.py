@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ohip_stream import ConfigurationError, EventValidationError, ProtocolError
-from ohip_stream.models import Event
-from ohip_stream.protocol import (
+from ohip_stream._models import Event
+from ohip_stream._protocol import (
     SUBPROTOCOL,
     ClientProtocol,
     Closed,
@@ -733,7 +733,7 @@ def test_json_nested_too_deeply_is_a_protocol_error() -> None:
 def test_an_event_too_deep_to_validate_is_a_protocol_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ohip_stream.protocol as protocol_module
+    import ohip_stream._protocol as protocol_module
 
     def too_deep(data: object) -> object:
         raise RecursionError

@@ -4,7 +4,7 @@ import pytest
 from graphql import parse, validate
 
 from ohip_stream import ConfigurationError
-from ohip_stream.query import (
+from ohip_stream._query import (
     build_subscription,
     connection_status_query,
     input_rules,

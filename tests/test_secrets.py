@@ -31,9 +31,9 @@ from ohip_stream import (
     OhipError,
     SQLiteCheckpointStore,
 )
+from ohip_stream._protocol import hash_app_key
+from ohip_stream._settings import OhipSettings
 from ohip_stream.cli import main as cli_main
-from ohip_stream.protocol import hash_app_key
-from ohip_stream.settings import OhipSettings
 from ohip_stream.testing import Emulator
 
 TIMINGS = FAST_TIMINGS
@@ -164,7 +164,7 @@ async def test_a_session_with_failures_logs_no_secret_at_debug(
     assert stream.stats.reconnects.get("1006", 0) >= 1
     assert sum(name.startswith("access token") for name in secrets) >= 2
     assert len(root_debug.records) > 100
-    assert {"ohip_stream.websockets", "httpx", "httpcore.http11", "ohip_stream.stream"} <= {
+    assert {"ohip_stream.websockets", "httpx", "httpcore.http11", "ohip_stream._stream"} <= {
         r.name for r in root_debug.records
     }, "the capture must include the libraries' DEBUG records"
     assert any(r.name.startswith(("aiohttp", "ohip_stream.testing")) for r in root_debug.records)

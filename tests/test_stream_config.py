@@ -16,7 +16,7 @@ from ohip_stream import (
     StaticToken,
     Timings,
 )
-from ohip_stream.stream import stream_id_for
+from ohip_stream._stream import stream_id_for
 
 KEY = "41ecd082-8997-4c69-af34-2f72b83645ff"
 

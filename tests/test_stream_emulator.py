@@ -33,8 +33,8 @@ from ohip_stream import (
     StaticToken,
     SubscriptionError,
 )
-from ohip_stream.protocol import hash_app_key
-from ohip_stream.stream import stream_id_for
+from ohip_stream._protocol import hash_app_key
+from ohip_stream._stream import stream_id_for
 from ohip_stream.testing import Emulator
 
 GAP = FAST_TIMINGS.complete_gap

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from ohip_stream import ConfigurationError, EventStream, OAuthClientCredentials, OAuthPassword
-from ohip_stream.settings import OhipSettings
-from ohip_stream.timings import Timings
+from ohip_stream._settings import OhipSettings
+from ohip_stream._timings import Timings
 
 
 def test_defaults_are_oracles_figures() -> None:

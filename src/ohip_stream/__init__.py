@@ -12,6 +12,19 @@
 
 import logging
 
+from ohip_stream._auth import (
+    AccessToken,
+    OAuthClientCredentials,
+    OAuthPassword,
+    StaticToken,
+    TokenProvider,
+)
+from ohip_stream._checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    MemoryCheckpointStore,
+    SQLiteCheckpointStore,
+)
 from ohip_stream._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -27,23 +40,10 @@ from ohip_stream._exceptions import (
     SubscriptionError,
     TransportError,
 )
+from ohip_stream._models import Event, EventDetail, EventMetadata
+from ohip_stream._stream import EventStream, StreamStats
+from ohip_stream._timings import Timings
 from ohip_stream._version import __version__
-from ohip_stream.auth import (
-    AccessToken,
-    OAuthClientCredentials,
-    OAuthPassword,
-    StaticToken,
-    TokenProvider,
-)
-from ohip_stream.checkpoints import (
-    Checkpoint,
-    CheckpointStore,
-    MemoryCheckpointStore,
-    SQLiteCheckpointStore,
-)
-from ohip_stream.models import Event, EventDetail, EventMetadata
-from ohip_stream.stream import EventStream, StreamStats
-from ohip_stream.timings import Timings
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -298,7 +298,7 @@ def replay(
 def _stream_of(
     env_file: Path | None, gateway_url: str | None, chain_code: str | None
 ) -> tuple[Any, str]:
-    from ohip_stream.stream import stream_id_for
+    from ohip_stream._stream import stream_id_for
 
     settings = load_settings(env_file, gateway_url=gateway_url, chain_code=chain_code)
     settings.require("gateway_url", "app_key", "chain_code")
@@ -346,7 +346,7 @@ def checkpoint_show(
     verbose: Verbose = False,
 ) -> None:
     """Show the stream's checkpoint (by stream id: gateway, chain code, application key)."""
-    from ohip_stream.checkpoints import Checkpoint, SQLiteCheckpointStore
+    from ohip_stream._checkpoints import Checkpoint, SQLiteCheckpointStore
 
     _verbose(verbose)
     _start_logging()
@@ -385,7 +385,7 @@ def checkpoint_show(
 
 def _guarded(settings: Any, stream_id: str) -> Any:
     """The stream's guard: a checkpoint must not change under a running consumer."""
-    from ohip_stream.guard import StreamGuard
+    from ohip_stream._guard import StreamGuard
 
     guard = StreamGuard(stream_id, lock_dir=settings.lock_dir, description=f"stream {stream_id}")
     guard.acquire()
@@ -404,7 +404,7 @@ def checkpoint_set(
     verbose: Verbose = False,
 ) -> None:
     """Set the stream's last processed offset (the next `tail` resumes after it)."""
-    from ohip_stream.checkpoints import Checkpoint, SQLiteCheckpointStore
+    from ohip_stream._checkpoints import Checkpoint, SQLiteCheckpointStore
 
     _verbose(verbose)
     _start_logging()
@@ -440,7 +440,7 @@ def checkpoint_clear(
     verbose: Verbose = False,
 ) -> None:
     """Forget the stream's checkpoint (the next `tail` starts where the gateway says)."""
-    from ohip_stream.checkpoints import SQLiteCheckpointStore
+    from ohip_stream._checkpoints import SQLiteCheckpointStore
 
     _verbose(verbose)
     _start_logging()

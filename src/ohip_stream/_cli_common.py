@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from ohip_stream import _logging
 from ohip_stream._exceptions import ConfigurationError, OhipError
 from ohip_stream._logging import RedactingFilter, redact
-from ohip_stream.models import Event
+from ohip_stream._models import Event
 
 PROG = "ohip-stream"
 EMULATOR_EXTRA_HINT = (
@@ -156,7 +156,7 @@ def resolve_env_file(env_file: Path | None) -> Path | None:
 
 def load_settings(env_file: Path | None, **flags: Any) -> Any:
     """``OhipSettings`` from flags (first), the environment, then the env file."""
-    from ohip_stream.settings import OhipSettings
+    from ohip_stream._settings import OhipSettings
 
     values = {k: v for k, v in flags.items() if v is not None}
     return OhipSettings.load(env_file=resolve_env_file(env_file), **values)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ohip_stream._checkpoints import Checkpoint, MemoryCheckpointStore, SQLiteCheckpointStore
 from ohip_stream._cli_common import (
     PROG,
     EventFilter,
@@ -20,9 +21,8 @@ from ohip_stream._cli_common import (
     write_line,
 )
 from ohip_stream._exceptions import ConfigurationError
-from ohip_stream.checkpoints import Checkpoint, MemoryCheckpointStore, SQLiteCheckpointStore
-from ohip_stream.models import Event
-from ohip_stream.stream import EventStream, StreamStats
+from ohip_stream._models import Event
+from ohip_stream._stream import EventStream, StreamStats
 
 __all__ = ["ConnectionFlags", "ReplayOptions", "TailOptions", "run_replay", "run_tail"]
 

@@ -23,6 +23,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from ohip_stream._auth import OAuthClientCredentials
+from ohip_stream._checkpoints import MemoryCheckpointStore
 from ohip_stream._cli_common import (
     format_reconnects,
     one_line,
@@ -31,11 +33,9 @@ from ohip_stream._cli_common import (
     write_line,
 )
 from ohip_stream._exceptions import ConfigurationError
-from ohip_stream.auth import OAuthClientCredentials
-from ohip_stream.checkpoints import MemoryCheckpointStore
-from ohip_stream.models import Event
-from ohip_stream.stream import EventStream
-from ohip_stream.timings import Timings
+from ohip_stream._models import Event
+from ohip_stream._stream import EventStream
+from ohip_stream._timings import Timings
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -185,7 +185,7 @@ class _View:
         self.console.print(Text(message, style=style))
 
     def log_record(self, record: logging.LogRecord) -> None:
-        if record.name == "ohip_stream.timings":
+        if record.name == "ohip_stream._timings":
             return  # the compressed timings are the point of the demo, and said on screen
         text = Text(f"{record.levelname.lower()}: {one_line(record.getMessage())}", style="dim")
         if self.json:

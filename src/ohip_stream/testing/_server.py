@@ -54,7 +54,7 @@ from pydantic import BaseModel
 
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import get_logger, install_redaction, register_secret
-from ohip_stream.query import load_schema, validate_input
+from ohip_stream._query import load_schema, validate_input
 from ohip_stream.testing._events import EventFactory, encoded_size, make_detail
 from ohip_stream.testing._records import (
     ClosedBy,

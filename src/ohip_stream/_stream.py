@@ -37,18 +37,18 @@ from urllib.parse import urlsplit
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from websockets.exceptions import ConnectionClosed
 
+from ohip_stream._checkpoints import Checkpoint, CheckpointStore, MemoryCheckpointStore
+from ohip_stream._connection import Connection
 from ohip_stream._exceptions import (
     ConfigurationError,
     OhipError,
     SubscriptionError,
     TransportError,
 )
+from ohip_stream._guard import StreamGuard
 from ohip_stream._logging import get_logger, install_redaction, register_secret
-from ohip_stream.checkpoints import Checkpoint, CheckpointStore, MemoryCheckpointStore
-from ohip_stream.connection import Connection
-from ohip_stream.guard import StreamGuard
-from ohip_stream.models import Event
-from ohip_stream.policy import (
+from ohip_stream._models import Event
+from ohip_stream._policy import (
     Action,
     ActionKind,
     Failure,
@@ -58,7 +58,7 @@ from ohip_stream.policy import (
     classify_exception,
     decide,
 )
-from ohip_stream.protocol import (
+from ohip_stream._protocol import (
     Complete,
     ErrorMessage,
     InvalidNext,
@@ -68,15 +68,15 @@ from ohip_stream.protocol import (
     hash_app_key,
     subscription_url,
 )
-from ohip_stream.query import SubscriptionDocument, build_subscription
-from ohip_stream.timings import Timings
+from ohip_stream._query import SubscriptionDocument, build_subscription
+from ohip_stream._timings import Timings
 
 if TYPE_CHECKING:
-    from ohip_stream.auth import AccessToken, TokenProvider
+    from ohip_stream._auth import AccessToken, TokenProvider
 
 __all__ = ["EventStream", "InvalidHandler", "StreamStats"]
 
-_log = get_logger("ohip_stream.stream")
+_log = get_logger("ohip_stream._stream")
 
 InvalidHandler = Callable[[str, Exception], Awaitable[None] | None]
 """A dead-letter callback: receives the raw frame and the validation error (sync or async)."""
@@ -437,7 +437,7 @@ class EventStream:
         The token provider and the checkpoint store it creates are owned by the stream and
         closed with it. Keyword arguments override what the environment says.
         """
-        from ohip_stream.settings import OhipSettings
+        from ohip_stream._settings import OhipSettings
 
         settings = OhipSettings.load()
         return settings.event_stream(**overrides)

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from ohip_stream._exceptions import ConfigurationError, EventValidationError, ProtocolError
-from ohip_stream.models import Event, _validate_next_json, event_from_data
+from ohip_stream._models import Event, _validate_next_json, event_from_data
 
 __all__ = [
     "SUBPROTOCOL",

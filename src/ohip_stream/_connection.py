@@ -1,9 +1,9 @@
 """One WebSocket connection to an OHIP gateway: connect, init, (query), subscribe, drain.
 
-A thin asyncio layer over :mod:`ohip_stream.protocol`: it moves frames between the socket and
+A thin asyncio layer over :mod:`ohip_stream._protocol`: it moves frames between the socket and
 the sans-I/O core and knows nothing of offsets, checkpoints or retries (the stream's business).
 Errors of websockets and the OS come out as they are; the stream classifies them with
-:func:`ohip_stream.policy.classify_exception`.
+:func:`ohip_stream._policy.classify_exception`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 from ohip_stream._compat import timeout
 from ohip_stream._exceptions import ConnectionRejectedError, ProtocolError, TransportError
 from ohip_stream._logging import get_logger
-from ohip_stream.protocol import (
+from ohip_stream._protocol import (
     SUBPROTOCOL,
     ClientProtocol,
     Complete,
@@ -32,11 +32,11 @@ from ohip_stream.protocol import (
     ProtocolEvent,
     QueryResult,
 )
-from ohip_stream.query import connection_status_query
+from ohip_stream._query import connection_status_query
 
 __all__ = ["Connection", "buffered_message_reader"]
 
-_log = get_logger("ohip_stream.connection")
+_log = get_logger("ohip_stream._connection")
 _ws_log = get_logger("ohip_stream.websockets")
 
 

@@ -30,11 +30,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import register_secret
-from ohip_stream.timings import Timings
+from ohip_stream._timings import Timings
 
 if TYPE_CHECKING:
-    from ohip_stream.auth import TokenProvider
-    from ohip_stream.stream import EventStream
+    from ohip_stream._auth import TokenProvider
+    from ohip_stream._stream import EventStream
 
 __all__ = ["OhipSettings"]
 
@@ -118,7 +118,7 @@ class OhipSettings(BaseSettings):
     def token_provider(self) -> TokenProvider:
         """An OAuth provider for the grant the variables describe (client credentials when
         ``OHIP_ENTERPRISE_ID`` is set, password when ``OHIP_USERNAME``/``OHIP_PASSWORD`` are)."""
-        from ohip_stream.auth import OAuthClientCredentials, OAuthPassword
+        from ohip_stream._auth import OAuthClientCredentials, OAuthPassword
 
         self.require("gateway_url", "app_key", "client_id", "client_secret")
         has_password = self.username is not None or self.password is not None
@@ -156,13 +156,13 @@ class OhipSettings(BaseSettings):
 
     def checkpoint_store(self) -> Any:
         """A :class:`SQLiteCheckpointStore` at ``OHIP_CHECKPOINT_DB``, or ``None``."""
-        from ohip_stream.checkpoints import SQLiteCheckpointStore
+        from ohip_stream._checkpoints import SQLiteCheckpointStore
 
         return SQLiteCheckpointStore(self.checkpoint_db) if self.checkpoint_db else None
 
     def event_stream(self, **overrides: Any) -> EventStream:
         """An :class:`EventStream` that owns the provider and store made here."""
-        from ohip_stream.stream import EventStream
+        from ohip_stream._stream import EventStream
 
         self.require("gateway_url", "app_key", "chain_code")
         assert self.gateway_url is not None

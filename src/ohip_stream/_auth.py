@@ -64,7 +64,7 @@ __all__ = [
     "TokenProvider",
 ]
 
-_log = get_logger("ohip_stream.auth")
+_log = get_logger("ohip_stream._auth")
 
 #: The token endpoint, relative to the gateway URL (protocol §8).
 TOKEN_PATH = "/oauth/v1/tokens"

@@ -64,7 +64,7 @@ from ohip_stream._exceptions import (
     ProtocolError,
     SubscriptionError,
 )
-from ohip_stream.timings import Timings
+from ohip_stream._timings import Timings
 
 __all__ = [
     "Action",

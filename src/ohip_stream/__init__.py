@@ -27,6 +27,8 @@ from ohip_stream._checkpoints import (
 )
 from ohip_stream._exceptions import (
     AuthenticationError,
+    CheckpointError,
+    CheckpointUnavailableError,
     ConfigurationError,
     ConnectionRejectedError,
     ConsumerAlreadyRunningError,
@@ -51,6 +53,8 @@ __all__ = [
     "AccessToken",
     "AuthenticationError",
     "Checkpoint",
+    "CheckpointError",
+    "CheckpointUnavailableError",
     "CheckpointStore",
     "ConfigurationError",
     "ConnectionRejectedError",

@@ -16,6 +16,8 @@ Each class says whether retrying the same operation can help (``retriable``)::
     ├── ProtocolError                 a frame that breaks graphql-transport-ws (retriable)
     ├── MessageTooLargeError          close 1009: a frame above ``max_message_size``
     ├── EventValidationError          an event payload that does not fit the model (``.raw``)
+    ├── CheckpointError               the checkpoint store failed for good (file gone, not a store)
+    │   └── CheckpointUnavailableError    a transient store failure: locked, busy (retriable)
     └── TransportError                network, DNS, abrupt drops (retriable)
 
 Messages never contain secrets: no client secret, password, access token or application key.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CheckpointError",
+    "CheckpointUnavailableError",
     "ConfigurationError",
     "ConnectionRejectedError",
     "ConsumerAlreadyRunningError",
@@ -141,5 +145,20 @@ class EventValidationError(OhipError):
 
 class TransportError(OhipError):
     """The network failed: refused or dropped connection, DNS, timeout."""
+
+    retriable = True
+
+
+class CheckpointError(OhipError):
+    """The checkpoint store cannot save or load: the message names the store and what to check.
+
+    Processed offsets were not written; the events after the last successful commit come again
+    on the next run (nothing is lost).
+    """
+
+
+class CheckpointUnavailableError(CheckpointError):
+    """A transient store failure (a locked database, a lost database connection): the stream
+    retries the commit with backoff before it gives up."""
 
     retriable = True

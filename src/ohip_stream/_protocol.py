@@ -29,7 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from ohip_stream._exceptions import ConfigurationError, EventValidationError, ProtocolError
+from ohip_stream._logging import redact
 from ohip_stream._models import Event, _validate_next_json, event_from_data
+from ohip_stream._query import is_valid_offset
 
 __all__ = [
     "SUBPROTOCOL",
@@ -45,7 +47,10 @@ __all__ = [
     "ProtocolEvent",
     "QueryResult",
     "State",
+    "event_of_frame",
     "hash_app_key",
+    "invalid_offset",
+    "read_event_frame",
     "subscription_url",
 ]
 
@@ -119,8 +124,13 @@ class InvalidNext:
 
     @property
     def offset(self) -> str | None:
-        """The event's offset, when it could be read."""
+        """The event's offset, when it could be read and is a valid offset."""
         return self.error.offset
+
+    @property
+    def unique_event_id(self) -> None:
+        """Never kept for an invalid event (it is not de-duplicated by id)."""
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,13 +309,7 @@ class ClientProtocol:
         state = self.state
         if state is not _SUBSCRIBED and state is not _COMPLETING:  # ``in`` hashes the Enum
             return None
-        try:
-            frame = _validate_next_json(text)
-        except ValidationError:
-            return None
-        if frame["id"] != self.subscription_id:
-            return None  # :meth:`receive` names the unknown id
-        return frame["payload"]["data"]["newEvent"]
+        return event_of_frame(text, self.subscription_id)
 
     def receive_close(self, code: int | None, reason: str = "") -> Closed:
         """The WebSocket closed; ``None`` (no close frame) counts as 1006."""
@@ -360,17 +364,10 @@ class ClientProtocol:
         if op_id in self._queries:
             data = payload.get("data")
             return QueryResult(op_id, data if isinstance(data, dict) else None, errors_tuple)
-        data = payload.get("data")
-        if data is None and errors_tuple:
+        if payload.get("data") is None and errors_tuple:
             return ErrorMessage(op_id, errors_tuple)
         self.last_alive = self.clock()
-        event_data = data.get("newEvent") if isinstance(data, dict) else None
-        try:
-            return Next(event_from_data(event_data))
-        except ValidationError as exc:
-            return InvalidNext(text, _validation_error(exc, text, event_data))
-        except RecursionError:
-            raise ProtocolError("malformed next: its event is nested too deeply") from None
+        return _event_item(payload, text)
 
     def _on_error(self, message: dict[str, Any], text: str) -> ProtocolEvent:
         op_id = self._operation_id(message, "error")
@@ -423,6 +420,69 @@ _HANDLERS: dict[str, _Handler] = {
 _CLIENT_ONLY = frozenset({"connection_init", "subscribe"})
 
 
+def event_of_frame(data: str | bytes, subscription_id: str) -> Event | None:
+    """The hot path: the valid event of a ``next`` frame of subscription ``subscription_id``,
+    validated in one pass from the raw text, or ``None`` for any other frame."""
+    try:
+        frame = _validate_next_json(data)
+    except ValidationError:
+        return None
+    if frame["id"] != subscription_id:
+        return None
+    return frame["payload"]["data"]["newEvent"]
+
+
+def read_event_frame(data: bytes, subscription_id: str) -> Next | InvalidNext | None:
+    """The event of a ``next`` frame of subscription ``subscription_id``, valid or not, or
+    ``None`` for any other frame (a connection's protocol object handles those).
+
+    The caller's side of the buffer reads event frames with this: whether a frame was allowed
+    when it arrived was the connection's business; this only reads it. A ``next`` that breaks
+    the protocol (its payload not an object) raises :class:`ProtocolError`.
+    """
+    event = event_of_frame(data, subscription_id)
+    if event is not None:
+        return Next(event)
+    text = _decode(data)
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("type") != "next":
+        return None
+    if message.get("id") != subscription_id:
+        return None
+    payload = message.get("payload")
+    if not isinstance(payload, dict):
+        raise ProtocolError("malformed next: its payload is not an object")
+    if payload.get("data") is None and payload.get("errors"):
+        return None  # an error in a next: the connection's protocol turns it into an error
+    return _event_item(payload, text)
+
+
+def _event_item(payload: dict[str, Any], text: str) -> Next | InvalidNext:
+    data = payload.get("data")
+    event_data = data.get("newEvent") if isinstance(data, dict) else None
+    try:
+        return Next(event_from_data(event_data))
+    except ValidationError as exc:
+        return InvalidNext(text, _validation_error(exc, text, event_data))
+    except RecursionError:
+        raise ProtocolError("malformed next: its event is nested too deeply") from None
+
+
+def invalid_offset(raw: bytes, offset: str) -> InvalidNext:
+    """An event whose offset could never be sent back in a subscription (not 1 to 20 ASCII
+    digits): invalid, for the dead-letter path, and never a checkpoint."""
+    text = raw.decode("utf-8", "replace")
+    error = EventValidationError(
+        f"event with offset {_excerpt(offset, 30)} does not fit the model: metadata.offset: "
+        "an offset is 1 to 20 ASCII digits",
+        raw=text,
+    )
+    return InvalidNext(text, error)
+
+
 def _payload(message: dict[str, Any], text: str) -> Mapping[str, Any] | None:
     payload = message.get("payload")
     if payload is None or isinstance(payload, dict):
@@ -440,14 +500,15 @@ def _decode(data: bytes) -> str:
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+    # Server text enters exception messages, which applications log: never a secret in it.
+    return repr(redact(text[:limit] + ("..." if len(text) > limit else "")))
 
 
 def _validation_error(exc: ValidationError, raw: str, data: Any) -> EventValidationError:
     offset: str | None = None
     if isinstance(data, dict):
         metadata = data.get("metadata")
-        if isinstance(metadata, dict) and isinstance(metadata.get("offset"), str):
+        if isinstance(metadata, dict) and is_valid_offset(metadata.get("offset")):
             offset = metadata["offset"]
     problems = "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'newEvent'}: {err['msg']}"

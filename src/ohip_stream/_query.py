@@ -10,7 +10,7 @@ names the field, the value and the rule (a real gateway closes such a subscripti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -32,6 +32,8 @@ from graphql.language import IntValueNode, StringValueNode
 from ohip_stream._exceptions import ConfigurationError
 
 __all__ = [
+    "is_valid_offset",
+    "offset_rule",
     "ALL_FIELDS",
     "FieldRule",
     "SubscriptionDocument",
@@ -120,6 +122,26 @@ def input_rules() -> Mapping[str, FieldRule]:
                     pattern = value.value
             rules[name] = FieldRule(name, max_length, pattern)
     return rules
+
+
+@cache
+def offset_rule() -> Callable[[str], bool]:
+    """A fast test of the schema's ``offset`` rule (ASCII digits, at most its maxLength): an
+    offset the gateway sends that breaks it could never be sent back in a subscription."""
+    rule = input_rules()["offset"]
+    assert rule.pattern is not None and rule.max_length is not None
+    fullmatch = re.compile(rule.pattern).fullmatch
+    limit = rule.max_length
+
+    def valid(value: str) -> bool:
+        return len(value) <= limit and fullmatch(value) is not None
+
+    return valid
+
+
+def is_valid_offset(value: object) -> bool:
+    """Whether ``value`` is an offset a subscription may carry (see :func:`offset_rule`)."""
+    return isinstance(value, str) and offset_rule()(value)
 
 
 def validate_input(values: Mapping[str, Any]) -> None:

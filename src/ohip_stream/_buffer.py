@@ -1,0 +1,184 @@
+"""The bounded buffer between the socket and the caller.
+
+The connection's reader (the transport's ``data_received``) appends each received event frame,
+undecoded; the caller takes them one at a time and validates each as it goes, so an event is
+built only when it is about to be handed out (a socket read holds hundreds of frames: built at
+once, they would all outlive the garbage collector's young generation). Besides frames it
+carries a few items in order: the start of a connection, a fatal error.
+
+Bounded in count AND bytes: above ``max_items`` frames or ``max_bytes`` bytes the socket stops
+being read (``pause_reading``), so TCP pushes back on the gateway; it is read again once the
+caller took the buffer below half of both (``resume_reading``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["Buffer", "Reader"]
+
+
+class Reader(Protocol):
+    """What the buffer pauses: the current connection's socket reads."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Buffer:
+    """A FIFO of frames (``bytes``) and markers, with flow control and one waiting caller."""
+
+    __slots__ = (
+        "_low_items",
+        "_low_water_callback",
+        "_monotonic",
+        "_waiter",
+        "bytes",
+        "items",
+        "max_bytes",
+        "max_items",
+        "paused",
+        "paused_at",
+        "reader",
+        "watching",
+    )
+
+    def __init__(self, max_items: int, max_bytes: int, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self.items: deque[Any] = deque()
+        self.bytes = 0
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._low_items = max(1, max_items // 2)
+        #: The connection being read, or None between connections.
+        self.reader: Reader | None = None
+        self.paused = False
+        #: When reading was paused (monotonic; liveness does not count while paused).
+        self.paused_at: float | None = None
+        # Whether take() has something to check: paused, or a low-water callback is set.
+        self.watching = False
+        self._low_water_callback: Callable[[], None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def low_water(self) -> int:
+        """Below this many frames (and half of ``max_bytes``) reading resumes."""
+        return self._low_items
+
+    # --- the reader's side ----------------------------------------------------------------------
+
+    def push(self, frame: bytes) -> None:
+        """Append a received frame; pause the reader when the buffer is full."""
+        self.items.append(frame)
+        self.bytes += len(frame)
+        if self._waiter is not None:
+            self._wake()
+        if (len(self.items) >= self.max_items or self.bytes >= self.max_bytes) and not self.paused:
+            self._pause()
+
+    def put(self, item: object) -> None:
+        """Append a marker (not counted against the limits)."""
+        self.items.append(item)
+        if self._waiter is not None:
+            self._wake()
+
+    # --- the caller's side ----------------------------------------------------------------------
+
+    def take(self) -> Any:
+        """The oldest item (the buffer must not be empty)."""
+        item = self.items.popleft()
+        if type(item) is bytes:
+            self.bytes -= len(item)
+        if self.watching:
+            self._check_low_water()
+        return item
+
+    async def wait(self) -> None:
+        """Wait until an item is appended (or :meth:`wake` is called)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def wake(self) -> None:
+        """Wake a waiting caller (a state change it must look at)."""
+        if self._waiter is not None:
+            self._wake()
+
+    def clear_frames(self) -> None:
+        """Drop every frame (a stop: frames not handed out were not processed and come again
+        on the next run); markers are kept."""
+        self.items = deque(item for item in self.items if type(item) is not bytes)
+        self.bytes = 0
+        self._check_low_water()
+
+    # --- flow control ---------------------------------------------------------------------------
+
+    def attach(self, reader: Reader | None) -> None:
+        """Flow control now applies to ``reader`` (a new connection), or to none."""
+        self.reader = reader
+        self.paused = False
+        self.paused_at = None
+        self._update_watching()
+        if reader is not None and self._full:
+            self._pause()
+
+    def when_low(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, as soon as the buffer is below its low-water mark (now, if
+        it already is)."""
+        if self._below_low_water:
+            callback()
+            return
+        self._low_water_callback = callback
+        self._update_watching()
+
+    def cancel_when_low(self) -> None:
+        """Forget a callback set by :meth:`when_low`."""
+        self._low_water_callback = None
+        self._update_watching()
+
+    @property
+    def _full(self) -> bool:
+        return len(self.items) >= self.max_items or self.bytes >= self.max_bytes
+
+    @property
+    def _below_low_water(self) -> bool:
+        return len(self.items) < self._low_items and self.bytes < self.max_bytes // 2
+
+    def _pause(self) -> None:
+        reader = self.reader
+        if reader is None:
+            return
+        self.paused = True
+        self.paused_at = self._monotonic()
+        self._update_watching()
+        reader.pause_reading()
+
+    def _check_low_water(self) -> None:
+        if not self._below_low_water:
+            return
+        if self.paused:
+            self.paused = False
+            self.paused_at = None
+            if self.reader is not None:
+                self.reader.resume_reading()
+        callback, self._low_water_callback = self._low_water_callback, None
+        self._update_watching()
+        if callback is not None:
+            callback()
+
+    def _update_watching(self) -> None:
+        self.watching = self.paused or self._low_water_callback is not None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"Buffer(items={len(self.items)}, bytes={self.bytes}, paused={self.paused})"

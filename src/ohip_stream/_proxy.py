@@ -44,7 +44,7 @@ class ProxyAddress:
 
 
 def parse_proxy(proxy: str) -> ProxyAddress:
-    """Parse ``http://[user:pass@]host:port``; raise :class:`ProxyError` (CONFIG) if it is not.
+    """Parse ``http://[user:pass@]host:port``; raise ``ValueError`` if it is not.
 
     The reason names what is wrong and never quotes the URL (it may hold a password).
     """
@@ -73,10 +73,8 @@ def parse_proxy(proxy: str) -> ProxyAddress:
     )
 
 
-def _config(reason: str) -> ProxyError:
-    return ProxyError(
-        Failure(FailureKind.CONFIG, reason=f"{reason}; expected http://[user:pass@]host:port")
-    )
+def _config(reason: str) -> ValueError:
+    return ValueError(f"{reason}; expected http://[user:pass@]host:port")
 
 
 class _TunnelAnswer(asyncio.Protocol):

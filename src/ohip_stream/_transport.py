@@ -28,35 +28,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
-import socket
 import ssl as ssl_module
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import (
-    InvalidHandshake,
-    InvalidHeader,
-    InvalidMessage,
-    InvalidStatus,
-    InvalidURI,
-    NegotiationError,
-    PayloadTooBig,
-)
+from websockets.exceptions import PayloadTooBig
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
-from websockets.uri import WebSocketURI, parse_uri
 
 from ohip_stream._compat import timeout
+from ohip_stream._handshake import (
+    MAX_HEADER_BYTES,
+    MAX_RETRY_AFTER,
+    NAME_NOT_FOUND,
+    REFUSED,
+    RESET,
+    TIMED_OUT,
+    TLS_HANDSHAKE,
+    Stage,
+    authority,
+    connect_transport,
+    error_text,
+    handshake_failure,
+    network_failure,
+    parse_url,
+    upgrade_request,
+)
 from ohip_stream._logging import redact
 from ohip_stream._policy import Failure, FailureKind
-from ohip_stream._proxy import ProxyAddress, ProxyError, open_tunnel, parse_proxy
+from ohip_stream._proxy import ProxyError, parse_proxy
 
 __all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_RETRY_AFTER",
     "NAME_NOT_FOUND",
     "REFUSED",
     "RESET",
@@ -67,22 +74,6 @@ __all__ = [
     "WebSocket",
     "open_websocket",
 ]
-
-# The first words of a NETWORK failure's reason, so that a caller can tell the causes apart
-# (for example, a "first contact" rule that treats DNS and refusals differently from timeouts).
-NAME_NOT_FOUND = "name not found"
-REFUSED = "connection refused"
-TIMED_OUT = "timed out"
-TLS_HANDSHAKE = "TLS handshake failed"
-RESET = "connection lost"
-
-#: Protocol §1: all HTTP headers of the upgrade request together stay under 8 KB.
-MAX_HEADER_BYTES = 8192
-#: Longest excerpt of an HTTP body quoted in a reason.
-_BODY_EXCERPT = 200
-#: A 429's Retry-After above this many seconds is taken as this many.
-MAX_RETRY_AFTER = 3600.0
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
@@ -248,11 +239,13 @@ class _Connection(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         self.transport = None
+        if self.ended:
+            return  # dropped by a failed open_websocket: the sink hears nothing
         self._protocol.receive_eof()
         opening = self.opening
         if opening is not None:
             if not opening.done():
-                detail = f": {_error_text(exc)}" if exc is not None else ""
+                detail = f": {error_text(exc)}" if exc is not None else ""
                 opening.set_exception(
                     Failed(
                         Failure(
@@ -294,7 +287,7 @@ class _Connection(asyncio.Protocol):
         assert opening is not None
         protocol = self._protocol
         if protocol.handshake_exc is not None:
-            failure = _handshake_failure(protocol.handshake_exc)
+            failure = handshake_failure(protocol.handshake_exc)
         elif protocol.state is State.CONNECTING:
             return  # the answer is still incomplete
         elif protocol.subprotocol != self._subprotocol:
@@ -400,14 +393,14 @@ class _Connection(asyncio.Protocol):
             return Failure(FailureKind.CLOSE, code=1009, reason=str(parser_exc))
         if parser_exc is not None and not isinstance(parser_exc, EOFError):
             # A framing error (RFC 6455 §5: bad opcode, masking, UTF-8 in a close reason...).
-            return Failure(FailureKind.MALFORMED, reason=redact(_error_text(parser_exc)))
+            return Failure(FailureKind.MALFORMED, reason=redact(error_text(parser_exc)))
         if protocol.close_rcvd is not None and not self._aborted:
             received = protocol.close_rcvd
             return Failure(FailureKind.CLOSE, code=received.code, reason=redact(received.reason))
         if self._aborted:
             reason = "aborted by the client"
         elif exc is not None:
-            reason = f"{RESET} without a close frame: {_error_text(exc)}"
+            reason = f"{RESET} without a close frame: {error_text(exc)}"
         else:
             reason = f"{RESET} without a close frame"
         return Failure(FailureKind.CLOSE, code=1006, reason=reason)
@@ -421,6 +414,9 @@ class _Connection(asyncio.Protocol):
     def drop(self) -> None:
         """Close the socket at once, without telling the sink (the open failed)."""
         self.ended = True
+        # The failed future holds the exception whose traceback holds the caller's frame,
+        # which holds this connection: let go of it so that no cycle is left.
+        self.opening = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -449,23 +445,26 @@ async def open_websocket(
     Raises :class:`Failed` on any failure to open (the socket is closed by then), and
     ``CancelledError`` as is when cancelled.
     """
-    uri = _parse_url(url)
-    tunnel = _parse_proxy(proxy)
-    protocol = ClientProtocol(
-        uri,
-        subprotocols=[Subprotocol(subprotocol)],
-        max_size=max_message_size,
-        logger=logger,
-    )
-    request = _upgrade_request(protocol, headers)
+    try:
+        uri = parse_url(url)
+        tunnel = None if proxy is None else parse_proxy(proxy)
+        protocol = ClientProtocol(
+            uri,
+            subprotocols=[Subprotocol(subprotocol)],
+            max_size=max_message_size,
+            logger=logger,
+        )
+        request = upgrade_request(protocol, headers)
+    except ValueError as exc:
+        raise Failed(Failure(FailureKind.CONFIG, reason=str(exc))) from None
     context = (ssl or ssl_module.create_default_context()) if uri.secure else None
     connection = _Connection(protocol, sink, subprotocol, close_timeout)
-    stage = _Stage(f"connecting to {_authority(uri.host, uri.port)}")
+    stage = Stage(f"connecting to {authority(uri.host, uri.port)}")
     opened: list[asyncio.Transport] = []
     try:
         try:
             async with timeout(open_timeout):
-                await _connect(connection, uri, context, tunnel, stage, opened)
+                await connect_transport(connection, uri, context, tunnel, stage, opened)
                 stage.now = "waiting for the answer to the WebSocket upgrade"
                 connection.start_handshake(request)
                 assert connection.opening is not None
@@ -480,7 +479,7 @@ async def open_websocket(
         except ProxyError as exc:
             raise Failed(exc.failure) from None
         except OSError as exc:
-            raise Failed(_network_failure(exc, stage.now)) from None
+            raise Failed(network_failure(exc, stage.now)) from None
     except BaseException:
         connection.drop()
         for transport in opened:
@@ -488,171 +487,3 @@ async def open_websocket(
         raise
     connection.hand_out()
     return WebSocket(connection, subprotocol)
-
-
-class _Stage:
-    """What open_websocket is doing, for the reason of a timeout."""
-
-    __slots__ = ("now",)
-
-    def __init__(self, now: str) -> None:
-        self.now = now
-
-
-async def _connect(
-    connection: _Connection,
-    uri: WebSocketURI,
-    context: ssl_module.SSLContext | None,
-    tunnel: ProxyAddress | None,
-    stage: _Stage,
-    opened: list[asyncio.Transport],
-) -> None:
-    loop = asyncio.get_running_loop()
-    if tunnel is None:
-        transport, _ = await loop.create_connection(
-            lambda: connection,
-            uri.host,
-            uri.port,
-            ssl=context,
-            server_hostname=uri.host if context is not None else None,
-        )
-        opened.append(transport)
-        return
-    stage.now = f"opening a tunnel through the proxy {_authority(tunnel.host, tunnel.port)}"
-    raw = await open_tunnel(
-        tunnel,
-        uri.host,
-        uri.port,
-        proxy_ssl=context or ssl_module.create_default_context(),
-        opened=opened,
-    )
-    if context is None:
-        raw.set_protocol(connection)
-        connection.connection_made(raw)
-        return
-    stage.now = f"TLS handshake with {_authority(uri.host, uri.port)} through the proxy"
-    secure = await loop.start_tls(raw, connection, context, server_hostname=uri.host)
-    if secure is None:  # pragma: no cover - only for a transport that cannot start TLS
-        raise ssl_module.SSLError("the transport cannot start TLS")
-    opened.append(secure)
-    connection.connection_made(secure)
-
-
-def _parse_url(url: str) -> WebSocketURI:
-    try:
-        return parse_uri(url)
-    except InvalidURI as exc:
-        # str(exc) quotes the URL, whose query holds the key hash: the reason only.
-        raise Failed(
-            Failure(FailureKind.CONFIG, reason=f"invalid WebSocket URL: {redact(exc.msg)}")
-        ) from None
-
-
-def _parse_proxy(proxy: str | None) -> ProxyAddress | None:
-    if proxy is None:
-        return None
-    try:
-        return parse_proxy(proxy)
-    except ProxyError as exc:
-        raise Failed(exc.failure) from None
-
-
-def _upgrade_request(protocol: ClientProtocol, headers: Mapping[str, str]) -> Request:
-    request = protocol.connect()
-    for name, value in headers.items():
-        if not _TOKEN.match(name):
-            raise _config(f"the header name {name!r} is not a valid HTTP header name")
-        if any(char in value for char in "\r\n\0"):
-            raise _config(f"the value of the header {name!r} contains a line break or NUL")
-        if name in request.headers:
-            del request.headers[name]
-        request.headers[name] = value
-    size = sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
-    if size >= MAX_HEADER_BYTES:
-        raise _config(
-            f"the upgrade request's headers take {size} bytes; the gateway accepts less than "
-            f"{MAX_HEADER_BYTES} (protocol §1): send shorter headers"
-        )
-    return request
-
-
-def _config(reason: str) -> Failed:
-    return Failed(Failure(FailureKind.CONFIG, reason=reason))
-
-
-def _handshake_failure(exc: Exception) -> Failure:
-    if isinstance(exc, InvalidStatus):
-        response = exc.response
-        status = response.status_code
-        phrase = redact(response.reason_phrase)
-        if 300 <= status < 400:
-            # Issue 19 item 1: the token and the raw key must never reach another host, so no
-            # redirect is followed, and the Location is not quoted.
-            reason = f"{phrase} - redirect not followed: point gateway_url at the gateway itself"
-            return Failure(FailureKind.HTTP, code=status, reason=reason)
-        return Failure(
-            FailureKind.HTTP,
-            code=status,
-            reason=_http_reason(phrase, bytes(response.body)),
-            retry_after=_retry_after(response.headers.get_all("Retry-After")),
-        )
-    if isinstance(exc, NegotiationError) and "subprotocol" in str(exc).lower():
-        return Failure(FailureKind.SUBPROTOCOL, reason=redact(str(exc)))
-    if isinstance(exc, InvalidHeader) and exc.name.lower() == "sec-websocket-protocol":
-        return Failure(FailureKind.SUBPROTOCOL, reason=redact(str(exc)))
-    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
-        return Failure(
-            FailureKind.NETWORK,
-            reason=f"{RESET}: the server closed the connection during the WebSocket handshake",
-        )
-    if isinstance(exc, InvalidHandshake):
-        return Failure(
-            FailureKind.NETWORK,
-            reason=f"invalid answer to the WebSocket upgrade: {redact(_error_text(exc))}",
-        )
-    return Failure(FailureKind.NETWORK, reason=redact(_error_text(exc)))  # pragma: no cover
-
-
-def _http_reason(phrase: str, body: bytes) -> str:
-    text = body[: _BODY_EXCERPT * 4].decode("utf-8", errors="replace")
-    text = redact(" ".join(text.split()))[:_BODY_EXCERPT]
-    return f"{phrase} - {text}" if text else phrase
-
-
-def _retry_after(values: list[str]) -> float | None:
-    # RFC 9110 §10.2.3: delta-seconds or an HTTP date. A date would need the wall clock and is
-    # ignored (the policy then waits its own window, which is what Oracle asks for anyway).
-    if not values:
-        return None
-    try:
-        seconds = float(values[0].strip())
-    except ValueError:
-        return None
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, MAX_RETRY_AFTER)
-
-
-def _network_failure(exc: OSError, stage: str) -> Failure:
-    if isinstance(exc, ssl_module.SSLCertVerificationError):
-        return Failure(FailureKind.TLS, reason=str(exc))
-    if isinstance(exc, ssl_module.SSLError):
-        return Failure(FailureKind.NETWORK, reason=f"{TLS_HANDSHAKE}: {_error_text(exc)}")
-    if isinstance(exc, socket.gaierror):
-        return Failure(FailureKind.NETWORK, reason=f"{NAME_NOT_FOUND}: {_error_text(exc)}")
-    if isinstance(exc, ConnectionRefusedError):
-        return Failure(FailureKind.NETWORK, reason=f"{REFUSED}: {_error_text(exc)}")
-    if isinstance(exc, TimeoutError):
-        return Failure(FailureKind.NETWORK, reason=f"{TIMED_OUT}: {stage}: {_error_text(exc)}")
-    if isinstance(exc, (ConnectionError, EOFError)):
-        return Failure(FailureKind.NETWORK, reason=f"{RESET}: {stage}: {_error_text(exc)}")
-    return Failure(FailureKind.NETWORK, reason=f"{stage}: {_error_text(exc)}")
-
-
-def _error_text(exc: BaseException) -> str:
-    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,239 @@
+"""What :mod:`ohip_stream._transport` checks before and after the opening handshake.
+
+Before: the WebSocket URL and the upgrade request's headers (protocol §1: all
+headers together under 8 KB); a bad one raises ``ValueError`` with a reason that names what is
+wrong and quotes neither the URL's query (the key hash) nor a header value. Then the way to the
+server: TCP, TLS, the proxy's tunnel (:func:`connect_transport`). After: what ended an
+opening attempt, as a :class:`~ohip_stream._policy.Failure` for the policy (HTTP status and
+``Retry-After``, subprotocol, TLS verification, DNS, refusal, timeout, reset). Server text that
+enters a reason (an HTTP body, a reason phrase) is redacted first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import socket
+import ssl
+from collections.abc import Mapping
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+    NegotiationError,
+)
+from websockets.http11 import Request
+from websockets.uri import WebSocketURI, parse_uri
+
+from ohip_stream._logging import redact
+from ohip_stream._policy import Failure, FailureKind
+from ohip_stream._proxy import ProxyAddress, open_tunnel
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_RETRY_AFTER",
+    "NAME_NOT_FOUND",
+    "REFUSED",
+    "RESET",
+    "TIMED_OUT",
+    "TLS_HANDSHAKE",
+    "Stage",
+    "authority",
+    "connect_transport",
+    "error_text",
+    "handshake_failure",
+    "network_failure",
+    "parse_url",
+    "upgrade_request",
+]
+
+# The first words of a NETWORK failure's reason, so that a caller can tell the causes apart
+# (for example, a "first contact" rule that treats DNS and refusals differently from timeouts).
+NAME_NOT_FOUND = "name not found"
+REFUSED = "connection refused"
+TIMED_OUT = "timed out"
+TLS_HANDSHAKE = "TLS handshake failed"
+RESET = "connection lost"
+
+#: Protocol §1: all HTTP headers of the upgrade request together stay under 8 KB.
+MAX_HEADER_BYTES = 8192
+#: A 429's Retry-After above this many seconds is taken as this many.
+MAX_RETRY_AFTER = 3600.0
+#: Longest excerpt of an HTTP body quoted in a reason.
+_BODY_EXCERPT = 200
+#: RFC 9110 §5.1: a field name is a token.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def parse_url(url: str) -> WebSocketURI:
+    """Parse a ``ws://`` or ``wss://`` URL; ``ValueError`` if it is not one."""
+    try:
+        return parse_uri(url)
+    except InvalidURI as exc:
+        # str(exc) quotes the URL, whose query holds the key hash: the reason only.
+        raise ValueError(f"invalid WebSocket URL: {redact(exc.msg)}") from None
+
+
+def upgrade_request(protocol: ClientProtocol, headers: Mapping[str, str]) -> Request:
+    """The upgrade request with ``headers`` added (each replaces a header of that name).
+
+    ``ValueError`` for a name that is not an HTTP token, a value with a line break or NUL (it
+    would inject headers), or headers that together reach 8 KB (protocol §1).
+    """
+    request = protocol.connect()
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise ValueError(f"the header name {name!r} is not a valid HTTP header name")
+        if any(char in value for char in "\r\n\0"):
+            raise ValueError(f"the value of the header {name!r} contains a line break or NUL")
+        if name in request.headers:
+            del request.headers[name]
+        request.headers[name] = value
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
+    if size >= MAX_HEADER_BYTES:
+        raise ValueError(
+            f"the upgrade request's headers take {size} bytes; the gateway accepts less than "
+            f"{MAX_HEADER_BYTES} (protocol §1): send shorter headers"
+        )
+    return request
+
+
+class Stage:
+    """What open_websocket is doing, for the reason of a timeout."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: str) -> None:
+        self.now = now
+
+
+async def connect_transport(
+    connection: asyncio.Protocol,
+    uri: WebSocketURI,
+    context: ssl.SSLContext | None,
+    tunnel: ProxyAddress | None,
+    stage: Stage,
+    opened: list[asyncio.Transport],
+) -> None:
+    """Open TCP to the server (through the proxy's tunnel if there is one) and TLS for wss.
+
+    ``connection`` receives ``connection_made`` with the transport it will speak over. Every
+    transport made is appended to ``opened`` at once, so that the caller can close it on any
+    error, timeout or cancellation; ``stage`` says what is under way, for a timeout's reason.
+    """
+    loop = asyncio.get_running_loop()
+    if tunnel is None:
+        transport, _ = await loop.create_connection(
+            lambda: connection,
+            uri.host,
+            uri.port,
+            ssl=context,
+            server_hostname=uri.host if context is not None else None,
+        )
+        opened.append(transport)
+        return
+    stage.now = f"opening a tunnel through the proxy {authority(tunnel.host, tunnel.port)}"
+    raw = await open_tunnel(
+        tunnel,
+        uri.host,
+        uri.port,
+        proxy_ssl=context or ssl.create_default_context(),
+        opened=opened,
+    )
+    if context is None:
+        raw.set_protocol(connection)
+        connection.connection_made(raw)
+        return
+    stage.now = f"TLS handshake with {authority(uri.host, uri.port)} through the proxy"
+    secure = await loop.start_tls(raw, connection, context, server_hostname=uri.host)
+    if secure is None:  # pragma: no cover - only for a transport that cannot start TLS
+        raise ssl.SSLError("the transport cannot start TLS")
+    opened.append(secure)
+    connection.connection_made(secure)
+
+
+def handshake_failure(exc: Exception) -> Failure:
+    """What websockets' ``handshake_exc`` means for the policy."""
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        status = response.status_code
+        phrase = redact(response.reason_phrase)
+        if 300 <= status < 400:
+            # Issue 19 item 1: the token and the raw key must never reach another host, so no
+            # redirect is followed, and the Location is not quoted.
+            reason = f"{phrase} - redirect not followed: point gateway_url at the gateway itself"
+            return Failure(FailureKind.HTTP, code=status, reason=reason)
+        return Failure(
+            FailureKind.HTTP,
+            code=status,
+            reason=_http_reason(phrase, bytes(response.body)),
+            retry_after=_retry_after(response.headers.get_all("Retry-After")),
+        )
+    if isinstance(exc, NegotiationError) and "subprotocol" in str(exc).lower():
+        return Failure(FailureKind.SUBPROTOCOL, reason=redact(str(exc)))
+    if isinstance(exc, InvalidHeader) and exc.name.lower() == "sec-websocket-protocol":
+        return Failure(FailureKind.SUBPROTOCOL, reason=redact(str(exc)))
+    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+        return Failure(
+            FailureKind.NETWORK,
+            reason=f"{RESET}: the server closed the connection during the WebSocket handshake",
+        )
+    if isinstance(exc, InvalidHandshake):
+        return Failure(
+            FailureKind.NETWORK,
+            reason=f"invalid answer to the WebSocket upgrade: {redact(error_text(exc))}",
+        )
+    return Failure(FailureKind.NETWORK, reason=redact(error_text(exc)))  # pragma: no cover
+
+
+def _http_reason(phrase: str, body: bytes) -> str:
+    text = body[: _BODY_EXCERPT * 4].decode("utf-8", errors="replace")
+    text = redact(" ".join(text.split()))[:_BODY_EXCERPT]
+    return f"{phrase} - {text}" if text else phrase
+
+
+def _retry_after(values: list[str]) -> float | None:
+    # RFC 9110 §10.2.3: delta-seconds or an HTTP date. A date would need the wall clock and is
+    # ignored (the policy then waits its own window, which is what Oracle asks for anyway).
+    if not values:
+        return None
+    try:
+        seconds = float(values[0].strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+def network_failure(exc: OSError, stage: str) -> Failure:
+    """An OS or TLS error raised while ``stage`` (what was being done) was under way."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(FailureKind.TLS, reason=str(exc))
+    if isinstance(exc, ssl.SSLError):
+        return Failure(FailureKind.NETWORK, reason=f"{TLS_HANDSHAKE}: {error_text(exc)}")
+    if isinstance(exc, socket.gaierror):
+        return Failure(FailureKind.NETWORK, reason=f"{NAME_NOT_FOUND}: {stage}: {error_text(exc)}")
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure(FailureKind.NETWORK, reason=f"{REFUSED}: {stage}: {error_text(exc)}")
+    if isinstance(exc, TimeoutError):
+        return Failure(FailureKind.NETWORK, reason=f"{TIMED_OUT}: {stage}: {error_text(exc)}")
+    if isinstance(exc, ConnectionError):
+        return Failure(FailureKind.NETWORK, reason=f"{RESET}: {stage}: {error_text(exc)}")
+    return Failure(FailureKind.NETWORK, reason=f"{stage}: {error_text(exc)}")
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: text`` of an exception (an OSError's errno text rather than its full str)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

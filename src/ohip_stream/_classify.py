@@ -50,12 +50,7 @@ def classify_exception(exc: BaseException) -> Failure:
             retry_after=_retry_after(response.headers.get_all("Retry-After")),
         )
     if isinstance(exc, ws_exc.ConnectionClosed):
-        if exc.rcvd is not None:
-            return Failure(FailureKind.CLOSE, code=exc.rcvd.code, reason=exc.rcvd.reason)
-        if exc.sent is not None and exc.sent.code == 1009:
-            # websockets failed the connection itself: a frame above max_message_size.
-            return Failure(FailureKind.CLOSE, code=1009, reason=exc.sent.reason)
-        return Failure(FailureKind.CLOSE, code=1006)
+        return _closed(exc)
     if _is_subprotocol_error(exc):
         return Failure(FailureKind.SUBPROTOCOL, reason=str(exc))
     if isinstance(exc, ws_exc.InvalidURI):
@@ -71,6 +66,15 @@ def classify_exception(exc: BaseException) -> Failure:
         return Failure(FailureKind.NETWORK, reason=_error_text(exc))
     # Unknown: a handshake the server botched, an unexpected end of stream... retry with backoff.
     return Failure(FailureKind.NETWORK, reason=_error_text(exc))
+
+
+def _closed(exc: ws_exc.ConnectionClosed) -> Failure:
+    if exc.rcvd is not None:
+        return Failure(FailureKind.CLOSE, code=exc.rcvd.code, reason=exc.rcvd.reason)
+    if exc.sent is not None and exc.sent.code == 1009:
+        # websockets failed the connection itself: a frame above max_message_size.
+        return Failure(FailureKind.CLOSE, code=1009, reason=exc.sent.reason)
+    return Failure(FailureKind.CLOSE, code=1006)
 
 
 def _tls_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:

@@ -58,8 +58,8 @@ class ConfigurationError(OhipError, ValueError):
 class AuthenticationError(OhipError):
     """The token endpoint refused the credentials, or the gateway refused the token twice.
 
-    ``status`` is the HTTP status (or the close code 4401), ``error`` and ``error_description``
-    what the server said, when it said anything.
+    ``status`` is the HTTP status, ``code`` the close code (4401), ``error`` and
+    ``error_description`` what the server said, when it said anything.
     """
 
     def __init__(
@@ -67,11 +67,13 @@ class AuthenticationError(OhipError):
         message: str,
         *,
         status: int | None = None,
+        code: int | None = None,
         error: str | None = None,
         error_description: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
         self.error = error
         self.error_description = error_description
 

@@ -1,10 +1,9 @@
 """What to do after a connection failed: close codes and HTTP statuses to actions (protocol §5).
 
-Pure functions: no I/O, no event loop, no clock. The caller passes the time (``since_complete``,
-``now``) and the randomness (a :class:`random.Random`), so every decision can be replayed in a
-test. The stream keeps a :class:`PolicyState`, turns what the connection raised into a
-:class:`Failure` with :func:`classify_exception`, asks :func:`decide` for an :class:`Action`,
-and paces its upgrades with an :class:`UpgradeBudget`.
+Pure: no I/O, no event loop, no clock, no websockets or ssl; the caller passes the time and the
+randomness, so every decision can be replayed in a test. The connection layer turns what failed
+into a :class:`Failure` where it happens; :func:`failure_of` does it for the project's own
+errors. The stream keeps a :class:`PolicyState` and asks :func:`decide` for an :class:`Action`.
 
 The default policy (protocol §5)::
 
@@ -14,7 +13,8 @@ The default policy (protocol §5)::
     HTTP 401                     REFRESH_TOKEN   as 4401
     HTTP 403                     FATAL           ForbiddenError
     HTTP 408, 499                BACKOFF         the request timed out / was cut (transient)
-    HTTP 429                     BACKOFF         max(Retry-After, upgrade_budget window) (2 min)
+    HTTP 429                     BACKOFF         max(Retry-After capped at 1 h, budget window)
+                                 FATAL           RateLimitedError past max_rate_limited_wait
     HTTP other 4xx               FATAL           ConnectionRejectedError with the status
     HTTP 5xx, other              BACKOFF         jittered exponential
     close 1000                   RECONNECT       what is left of complete_gap (all of it if unknown)
@@ -35,24 +35,21 @@ The default policy (protocol §5)::
     TLS verification             FATAL           ConfigurationError (pass ssl= / OHIP_CA_FILE)
     subprotocol not confirmed    FATAL           ConnectionRejectedError (URL / proxy)
     configuration (bad URI, ...) FATAL           ConfigurationError
+    fatal (a project error)      FATAL           the error itself (not retriable)
 
 One rule holds over the whole table (protocol §4): no non-fatal action waits less than what is
-left of ``complete_gap`` since the last completed connection ended. Every FATAL action carries
-an error whose ``retriable`` is False. Messages carry only what the server said, never a secret.
+left of ``complete_gap`` since the last completed connection ended. A FATAL action's error is
+not retriable, except :class:`RateLimitedError` (the same request succeeds after
+``retry_after``). Server text (close reason, HTTP body) is redacted before it enters an error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import math
 import random
-import ssl
-from collections import deque
 from dataclasses import dataclass, replace
 
-from websockets import exceptions as ws_exc
-
+from ohip_stream._budget import UpgradeBudget, rate_limited_wait
 from ohip_stream._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -62,11 +59,15 @@ from ohip_stream._exceptions import (
     MessageTooLargeError,
     OhipError,
     ProtocolError,
+    RateLimitedError,
     SubscriptionError,
+    TransportError,
 )
+from ohip_stream._logging import redact
 from ohip_stream._timings import Timings
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "Action",
     "ActionKind",
     "Failure",
@@ -76,6 +77,8 @@ __all__ = [
     "backoff_delay",
     "classify_exception",
     "decide",
+    "failure_of",
+    "rate_limited_wait",
 ]
 
 #: A 1009 or malformed frame at the same resume offset this many times in a row is fatal.
@@ -86,6 +89,8 @@ AUTH_FAILURE_LIMIT = 2
 LOCKOUT_JITTER = 0.25
 #: A 4409 inside the complete gap waits the rest of the gap plus this fraction of the gap.
 GAP_MARGIN = 0.1
+#: Longest ``Retry-After`` honoured, in seconds: a server asking for more (``1e12``) gets this.
+MAX_RETRY_AFTER = 3600.0
 #: Longest server text (close reason, HTTP body) quoted in an error message.
 _REASON_LIMIT = 200
 #: Exponents above this cannot matter (the delay is capped) and would overflow a float.
@@ -103,6 +108,7 @@ class FailureKind(enum.Enum):
     LIVENESS = "liveness"  # no pong or event within Timings.liveness_timeout
     SUBPROTOCOL = "subprotocol"  # server did not confirm graphql-transport-ws
     CONFIG = "config"  # the connection could not even be attempted: invalid URI or proxy
+    FATAL = "fatal"  # a project error no retry can fix (Failure.error): raised as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +118,13 @@ class Failure:
     kind: FailureKind
     #: The HTTP status (HTTP) or the close code (CLOSE); None otherwise.
     code: int | None = None
-    #: Close reason / HTTP body excerpt / error text (never contains secrets).
+    #: Close reason / HTTP body excerpt / error text, as the server or the OS gave it: the
+    #: policy redacts it before it quotes it in an error.
     reason: str = ""
     #: Seconds from an HTTP 429 ``Retry-After`` header.
     retry_after: float | None = None
+    #: For FATAL: the project error to raise (see :func:`failure_of`).
+    error: OhipError | None = None
 
 
 class ActionKind(enum.Enum):
@@ -137,9 +146,9 @@ class Action:
     #: Seconds to wait before the next upgrade (0 allowed).
     delay: float
     #: Short label, the key of ``StreamStats.reconnects``: "1000", "1006", "4409", "http-429",
-    #: "network", "malformed", "liveness", "tls", "subprotocol", "config"...
+    #: "network", "malformed", "liveness", "tls", "subprotocol", "config", "fatal"...
     cause: str
-    #: For FATAL: the error to raise (not retriable; the message says what to check).
+    #: For FATAL: the error to raise (the message says what to check).
     error: OhipError | None = None
 
     @property
@@ -213,6 +222,16 @@ def _decide(failure: Failure, state: PolicyState, timings: Timings, rng: random.
             )
             return _fatal("malformed", error)
         return _backoff("malformed", state, timings, rng)
+    if kind in (FailureKind.LIVENESS, FailureKind.NETWORK):
+        # Protocol §4 (liveness: no pong and no event for liveness_timeout, the link is dead)
+        # and §5 (network, DNS): retry with backoff.
+        return _backoff(kind.value, state, timings, rng)
+    return _decide_final(failure)
+
+
+def _decide_final(failure: Failure) -> Action:
+    # The kinds no retry of the same configuration can fix.
+    kind = failure.kind
     if kind is FailureKind.TLS:
         # Protocol §5 (TLS verification): fatal, a configuration error.
         return _fatal(
@@ -241,11 +260,8 @@ def _decide(failure: Failure, state: PolicyState, timings: Timings, rng: random.
                 f"cannot connect: {_quote(failure.reason)}; check gateway_url and proxy"
             ),
         )
-    if kind is FailureKind.LIVENESS:
-        # Protocol §4: no pong and no event for liveness_timeout: the link is dead.
-        return _backoff("liveness", state, timings, rng)
-    # FailureKind.NETWORK. Protocol §5 (network, DNS): retry with backoff.
-    return _backoff("network", state, timings, rng)
+    # FailureKind.FATAL: a project error that says itself what to fix.
+    return _fatal("fatal", failure.error or OhipError(f"failed for good: {_quote(failure.reason)}"))
 
 
 def _decide_http(
@@ -267,22 +283,13 @@ def _decide_http(
             ),
         )
     if status == 401:
-        return _auth_failure(cause, failure, state, timings, rng, status=401)
+        return _auth_failure(cause, failure, state, timings, rng)
     if status == 403:
-        return _fatal(
-            cause,
-            ForbiddenError(
-                "the gateway forbids this connection (HTTP 403 on the upgrade): check the "
-                "application's access to streaming for this environment" + _said(failure.reason),
-                code=403,
-                reason=failure.reason,
-            ),
-        )
+        # An HTTP status, not a close code: the error's ``code`` stays None.
+        what = "connection (HTTP 403 on the upgrade): check the application's access to "
+        return _forbidden(cause, what + "streaming for this environment", failure, None)
     if status == 429:
-        # Protocol §1/§5: more than 150 upgrades in 2 minutes; retry after 2 minutes (or what
-        # the server's Retry-After says, when longer).
-        delay = max(failure.retry_after or 0.0, timings.upgrade_budget[1])
-        return Action(ActionKind.BACKOFF, delay, cause)
+        return _rate_limited(cause, failure, timings)
     if status in (408, 499):
         # 408: the server gave up waiting for the request; 499 (OHIP): the client went away
         # before the answer. Both are timing, not configuration.
@@ -324,7 +331,7 @@ def _decide_close(
                 f"{state.same_offset_failures} times in a row (close 1009): raise "
                 "max_message_size",
                 code=1009,
-                reason=failure.reason,
+                reason=redact(failure.reason),
             )
             return _fatal(cause, error)
         return _backoff(cause, state, timings, rng)
@@ -336,22 +343,15 @@ def _decide_close(
                 f"the gateway refused the subscription (close 4400): {_quote(failure.reason)}; "
                 "fix the subscription input (chain code, offset, hotel codes)",
                 code=4400,
-                reason=failure.reason,
+                reason=redact(failure.reason),
             ),
         )
     if code == 4401:
-        return _auth_failure(cause, failure, state, timings, rng, status=4401)
+        return _auth_failure(cause, failure, state, timings, rng)
     if code == 4403:
         # Protocol §5: forbidden; meaning not documented by Oracle. Fatal.
-        return _fatal(
-            cause,
-            ForbiddenError(
-                "the gateway forbids this subscription (close 4403): check that the application "
-                "may stream this chain" + _said(failure.reason),
-                code=4403,
-                reason=failure.reason,
-            ),
-        )
+        what = "subscription (close 4403): check that the application may stream this chain"
+        return _forbidden(cause, what, failure, 4403)
     if code == 4409:
         return _decide_conflict(failure, state, timings, rng)
     # 1001 (Oracle maintenance), 1011-1014, 4408/4429/4500 (graphql-ws), 4504 (listed by
@@ -376,32 +376,51 @@ def _decide_conflict(
                 f"the gateway answered 4409 after {state.lockouts} lockouts in a row; stop the "
                 "other consumer, or use another application key or chain" + _said(failure.reason),
                 code=4409,
-                reason=failure.reason,
+                reason=redact(failure.reason),
             ),
         )
     delay = timings.lockout * (1.0 + rng.uniform(0.0, LOCKOUT_JITTER))
     return Action(ActionKind.LOCKOUT, delay, "4409")
 
 
+def _rate_limited(cause: str, failure: Failure, timings: Timings) -> Action:
+    # Protocol §1/§5: more than 150 upgrades in 2 minutes; retry after 2 minutes (or what the
+    # server's Retry-After says, when longer, up to MAX_RETRY_AFTER).
+    # A missing, negative or NaN Retry-After counts as none; a huge one (1e12, inf) is capped.
+    asked = failure.retry_after if failure.retry_after is not None else 0.0
+    wait = max(min(asked, MAX_RETRY_AFTER) if asked >= 0 else 0.0, timings.upgrade_budget[1])
+    limit = timings.max_rate_limited_wait
+    if limit is not None and wait > limit:
+        return _fatal(
+            cause,
+            RateLimitedError(
+                f"the gateway refused the upgrade with HTTP 429 (too many upgrades for this "
+                f"application key) and asks for a wait of {wait:g} s, longer than "
+                f"Timings.max_rate_limited_wait ({limit:g} s): retry later, raise "
+                "max_rate_limited_wait, or look for other consumers of this key"
+                + _said(failure.reason),
+                retry_after=wait,
+            ),
+        )
+    return Action(ActionKind.BACKOFF, wait, cause)
+
+
 def _auth_failure(
-    cause: str,
-    failure: Failure,
-    state: PolicyState,
-    timings: Timings,
-    rng: random.Random,
-    *,
-    status: int,
+    cause: str, failure: Failure, state: PolicyState, timings: Timings, rng: random.Random
 ) -> Action:
-    # Protocol §5 (4401): fetch a new token once; if it repeats, fatal.
+    # Protocol §5 (4401): fetch a new token once; if it repeats, fatal. HTTP 401 is a status.
     if state.auth_failures >= AUTH_FAILURE_LIMIT:
+        http_status = failure.kind is FailureKind.HTTP
+        what = "HTTP 401 on the upgrade" if http_status else "close 4401"
         return _fatal(
             cause,
             AuthenticationError(
                 f"the gateway refused the credentials {state.auth_failures} times in a row "
-                f"({status}), the last time with a freshly fetched token: check the application "
+                f"({what}), the last time with a freshly fetched token: check the application "
                 "key (the raw key in connection_init, not its hash) and the credentials"
                 + _said(failure.reason),
-                status=status,
+                status=401 if http_status else None,
+                code=None if http_status else 4401,
             ),
         )
     delay = backoff_delay(state.attempt, timings, rng)
@@ -409,27 +428,25 @@ def _auth_failure(
 
 
 def _backoff(
-    cause: str,
-    state: PolicyState,
-    timings: Timings,
-    rng: random.Random,
-    *,
-    floor: float = 0.0,
+    cause: str, state: PolicyState, timings: Timings, rng: random.Random, *, floor: float = 0.0
 ) -> Action:
     return Action(
         ActionKind.BACKOFF, backoff_delay(state.attempt, timings, rng, floor=floor), cause
     )
 
 
+def _forbidden(cause: str, what: str, failure: Failure, code: int | None) -> Action:
+    message = f"the gateway forbids this {what}{_said(failure.reason)}"
+    return _fatal(cause, ForbiddenError(message, code=code, reason=redact(failure.reason)))
+
+
 def _fatal(cause: str, error: OhipError) -> Action:
-    # A fatal error is final whatever its class says (ProtocolError and MessageTooLargeError are
-    # retriable as classes: a single one is, the third at the same offset is not).
-    error.retriable = False
     return Action(ActionKind.FATAL, 0.0, cause, error)
 
 
 def _quote(text: str) -> str:
-    text = text.strip()
+    # Redacted before it is cut, so that a secret cut in half cannot slip past the patterns.
+    text = redact(text).strip()
     if not text:
         return "no reason given"
     if len(text) > _REASON_LIMIT:
@@ -441,139 +458,43 @@ def _said(reason: str) -> str:
     return f" (the server said {_quote(reason)})" if reason.strip() else ""
 
 
-# --- exceptions of the connection layer -> Failure ----------------------------------------------
+# --- the project's own errors -> Failure --------------------------------------------------------
 
 
-def classify_exception(exc: BaseException) -> Failure:
-    """Map what the connection layer raised onto a :class:`Failure`.
+def failure_of(exc: BaseException) -> Failure:
+    """The :class:`Failure` for an error that is already the project's (or a bug).
 
-    websockets ``InvalidStatus`` -> HTTP (status, ``Retry-After``); ``ConnectionClosed`` ->
-    CLOSE (the received code, 1009 when we failed the connection for a frame above the limit,
-    else 1006); a refused subprotocol -> SUBPROTOCOL; an untrusted certificate anywhere in the
-    ``__cause__``/``__context__`` chain -> TLS; ``InvalidURI``/``InvalidProxy``/
-    :class:`ConfigurationError` -> CONFIG; ohip_stream :class:`ProtocolError` (and websockets'
-    own) -> MALFORMED; :class:`MessageTooLargeError`/``PayloadTooBig`` -> CLOSE 1009;
-    ``OSError``, timeouts and anything unknown -> NETWORK.
+    :class:`MessageTooLargeError` -> CLOSE 1009; :class:`TransportError` -> NETWORK;
+    :class:`ProtocolError` -> MALFORMED; :class:`ConfigurationError` -> CONFIG;
+    :class:`RateLimitedError` -> HTTP 429 with its ``retry_after``; any other
+    :class:`OhipError` that is not retriable -> FATAL carrying the error itself; anything else
+    (a retriable project error, or a bug) -> NETWORK, named by its type.
 
-    A ``BaseException`` that is not an ``Exception`` (``CancelledError``, ``KeyboardInterrupt``)
-    is no connection failure: it is raised again, never turned into a retry.
+    A ``BaseException`` that is not an ``Exception`` (``CancelledError``, ``KeyboardInterrupt``,
+    ``SystemExit``) is no connection failure: it is raised again, never turned into a retry.
     """
     if not isinstance(exc, Exception):
         raise exc
-    cert_error = _tls_verification_error(exc)
-    if cert_error is not None:
-        return Failure(FailureKind.TLS, reason=str(cert_error))
-    if isinstance(exc, ws_exc.InvalidStatus):
-        response = exc.response
-        return Failure(
-            FailureKind.HTTP,
-            code=response.status_code,
-            reason=_http_reason(response.reason_phrase, bytes(response.body)),
-            retry_after=_retry_after(response.headers.get_all("Retry-After")),
-        )
-    if isinstance(exc, ws_exc.ConnectionClosed):
-        if exc.rcvd is not None:
-            return Failure(FailureKind.CLOSE, code=exc.rcvd.code, reason=exc.rcvd.reason)
-        if exc.sent is not None and exc.sent.code == 1009:
-            # websockets failed the connection itself: a frame above max_message_size.
-            return Failure(FailureKind.CLOSE, code=1009, reason=exc.sent.reason)
-        return Failure(FailureKind.CLOSE, code=1006)
-    if _is_subprotocol_error(exc):
-        return Failure(FailureKind.SUBPROTOCOL, reason=str(exc))
-    if isinstance(exc, ws_exc.InvalidURI):
-        # str(exc) would quote the URI, whose query holds the key hash: the reason only.
-        return Failure(FailureKind.CONFIG, reason=f"invalid WebSocket URI: {exc.msg}")
-    if isinstance(exc, (ws_exc.InvalidProxy, ConfigurationError)):
-        return Failure(FailureKind.CONFIG, reason=str(exc))
-    if isinstance(exc, (MessageTooLargeError, ws_exc.PayloadTooBig)):
-        return Failure(FailureKind.CLOSE, code=1009, reason=str(exc))
-    if isinstance(exc, (ProtocolError, ws_exc.ProtocolError)):
-        return Failure(FailureKind.MALFORMED, reason=str(exc))
-    if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return Failure(FailureKind.NETWORK, reason=_error_text(exc))
-    # Unknown: a handshake the server botched, an unexpected end of stream... retry with backoff.
-    return Failure(FailureKind.NETWORK, reason=_error_text(exc))
-
-
-def _tls_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _is_subprotocol_error(exc: Exception) -> bool:
-    if isinstance(exc, ws_exc.InvalidHeader):
-        return exc.name.lower() == "sec-websocket-protocol"
-    return isinstance(exc, ws_exc.InvalidHandshake) and "subprotocol" in str(exc).lower()
-
-
-def _retry_after(values: list[str]) -> float | None:
-    # Retry-After is delta-seconds or an HTTP date; a date would need the clock: ignored (the
-    # policy then waits the budget window, 2 minutes, which is what Oracle asks for anyway).
-    if not values:
-        return None
-    try:
-        seconds = float(values[0].strip())
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _http_reason(phrase: str, body: bytes) -> str:
-    text = body[: _REASON_LIMIT * 4].decode("utf-8", errors="replace").strip()
-    text = " ".join(text.split())[:_REASON_LIMIT]
-    return f"{phrase} - {text}" if text else phrase
-
-
-def _error_text(exc: BaseException) -> str:
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, MessageTooLargeError):
+        return Failure(FailureKind.CLOSE, code=1009, reason=text)
+    if isinstance(exc, TransportError):
+        return Failure(FailureKind.NETWORK, reason=text)
+    if isinstance(exc, ProtocolError):
+        return Failure(FailureKind.MALFORMED, reason=text)
+    if isinstance(exc, ConfigurationError):
+        return Failure(FailureKind.CONFIG, reason=text)
+    if isinstance(exc, RateLimitedError):
+        return Failure(FailureKind.HTTP, code=429, reason=text, retry_after=exc.retry_after)
+    if isinstance(exc, OhipError) and not exc.retriable:
+        return Failure(FailureKind.FATAL, reason=text, error=exc)
+    name = type(exc).__name__
+    return Failure(FailureKind.NETWORK, reason=f"{name}: {text}" if text else name)
 
 
-class UpgradeBudget:
-    """Sliding window: at most ``count`` upgrades per ``window`` seconds.
+def classify_exception(exc: BaseException) -> Failure:
+    """What the websockets connection layer raised, as a :class:`Failure` (goes with that
+    layer; imported on call, so that this module imports none of websockets, ssl, asyncio)."""
+    from ohip_stream._classify import classify_exception as classify
 
-    Protocol §1: HTTP 429 past 150 upgrades in 2 minutes; the client must never reach it with
-    its own retries. Times are the caller's monotonic seconds.
-    """
-
-    def __init__(self, count: int, window: float) -> None:
-        """``count`` upgrades (at least 1) per ``window`` seconds (positive)."""
-        if count < 1 or not window > 0:
-            raise ConfigurationError(
-                f"an upgrade budget is a positive count per positive window; got {count!r} per "
-                f"{window!r} s"
-            )
-        self.count = count
-        self.window = window
-        self._times: deque[float] = deque()
-
-    def _expire(self, now: float) -> None:
-        # An upgrade at t counts until t + window.
-        while self._times and self._times[0] + self.window <= now:
-            self._times.popleft()
-
-    def wait_time(self, now: float) -> float:
-        """0 if an upgrade may happen at ``now``, else seconds until the oldest leaves the
-        window."""
-        self._expire(now)
-        if len(self._times) < self.count:
-            return 0.0
-        return self._times[-self.count] + self.window - now
-
-    def record(self, now: float) -> None:
-        """Count an upgrade made at ``now``."""
-        self._expire(now)
-        self._times.append(now)
-
-    def __len__(self) -> int:
-        """Upgrades inside the window as of the last call."""
-        return len(self._times)
-
-    def __repr__(self) -> str:
-        return f"UpgradeBudget(count={self.count}, window={self.window:g}, used={len(self)})"
+    return classify(exc)

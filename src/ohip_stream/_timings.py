@@ -41,8 +41,15 @@ _POSITIVE_SECONDS = (
 class Timings(BaseModel):
     """Timings of a stream (float seconds).
 
-    ``ping_interval`` above 15 is refused; every other field must be positive; values below
-    Oracle's figures are accepted (tests compress time) and logged at WARNING.
+    ``ping_interval`` above 15 is refused; every other field must be positive (or None where
+    None is allowed); values below Oracle's figures are accepted (tests compress time) and
+    logged at WARNING.
+
+    ``max_rate_limited_wait`` caps the waits the gateway's upgrade limit imposes (protocol §1:
+    HTTP 429 past 150 upgrades in 2 minutes per application key): when a 429's ``Retry-After``
+    (capped at one hour, and never less than the ``upgrade_budget`` window) or the wait for the
+    client's own upgrade budget would be longer, the stream raises ``RateLimitedError`` instead
+    of waiting. ``None`` (the default) waits as long as it takes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -71,6 +78,9 @@ class Timings(BaseModel):
     upgrade_budget: tuple[int, float] = (150, 120.0)
     #: Give up with ConsumerConflictError after this many 4409 lockouts in a row (None: never).
     max_lockouts: int | None = None
+    #: Raise RateLimitedError rather than wait longer than this for an HTTP 429 or the upgrade
+    #: budget (None: wait as long as it takes).
+    max_rate_limited_wait: float | None = None
 
     @field_validator("ping_interval")
     @classmethod
@@ -104,6 +114,16 @@ class Timings(BaseModel):
     def _lockouts(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
             raise ValueError(f"max_lockouts must be at least 1 or None, got {value!r}")
+        return value
+
+    @field_validator("max_rate_limited_wait")
+    @classmethod
+    def _rate_limited_wait(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:  # NaN compares false: refused too
+            raise ValueError(
+                f"max_rate_limited_wait must be a positive number of seconds or None (wait as "
+                f"long as it takes), got {value!r}"
+            )
         return value
 
     @model_validator(mode="after")

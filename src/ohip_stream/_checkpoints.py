@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -87,7 +87,9 @@ class MemoryCheckpointStore:
         return self._data.get(stream_id)
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
-        """Keep the checkpoint."""
+        """Keep the checkpoint (an unset ``updated_at`` gets the time of the save)."""
+        if not checkpoint.updated_at:
+            checkpoint = replace(checkpoint, updated_at=time.time())
         self._data[stream_id] = checkpoint
 
     async def delete(self, stream_id: str) -> bool:
@@ -296,7 +298,7 @@ class SQLiteCheckpointStore:
         return await self._call(lambda: self._load(stream_id))
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
-        """Write the checkpoint durably (one transaction)."""
+        """Write the checkpoint durably (one transaction; an unset ``updated_at`` gets now)."""
         await self._call(lambda: self._save(stream_id, checkpoint))
 
     async def delete(self, stream_id: str) -> bool:

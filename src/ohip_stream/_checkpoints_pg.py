@@ -265,7 +265,7 @@ class PostgresCheckpointStore:
         return None if row is None else Checkpoint(*row)
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
-        """Write the checkpoint (one upsert)."""
+        """Write the checkpoint (one upsert; an unset ``updated_at`` gets the time now)."""
         cp = checkpoint
         values = (
             stream_id,

@@ -121,9 +121,10 @@ class PostgresCheckpointStore:
     """Durable checkpoints in a PostgreSQL table, for consumers on many hosts.
 
     ``dsn_or_pool`` is a connection string (the store makes, and closes, a small pool of its
-    own: up to 4 connections) or a caller's ``psycopg_pool.AsyncConnectionPool`` (the caller
-    opens and closes it). ``timeout`` is how long an operation waits for a connection before it
-    raises :class:`~ohip_stream.CheckpointUnavailableError`.
+    own: up to 4 connections, each checked before use) or a caller's
+    ``psycopg_pool.AsyncConnectionPool`` (the caller opens and closes it, and chooses whether
+    its connections are checked). ``timeout`` is how long an operation waits for a connection
+    before it raises :class:`~ohip_stream.CheckpointUnavailableError`.
     """
 
     def __init__(
@@ -212,6 +213,9 @@ class PostgresCheckpointStore:
                     kwargs={"autocommit": True},
                     name="ohip-stream-checkpoints",
                     timeout=self.timeout,
+                    # A connection the server dropped (a restart, an idle timeout) is replaced
+                    # before use instead of failing one operation per pooled connection.
+                    check=AsyncConnectionPool.check_connection,
                 )
                 await pool.open(wait=False)
                 self._pool = pool

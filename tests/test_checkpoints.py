@@ -11,6 +11,8 @@ import errno
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +31,7 @@ from ohip_stream import (
     MemoryCheckpointStore,
     SQLiteCheckpointStore,
 )
+from ohip_stream._checkpoints_pg import PostgresCheckpointStore
 from ohip_stream._checkpoints_sqlite import sqlite_failure, sqlite_failure_kind
 
 STORES = ["memory", "sqlite", "sqlite-caller-thread", "postgres"]
@@ -51,8 +54,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield sqlite
         await sqlite.aclose()
     else:
-        from ohip_stream._checkpoints_pg import PostgresCheckpointStore
-
         dsn = postgres_dsn_or_skip()
         table = f"ohip_test_{uuid.uuid4().hex[:12]}"
         pg = PostgresCheckpointStore(dsn, table=table, timeout=5)
@@ -465,3 +466,23 @@ async def test_a_replaced_checkpoint_file_is_noticed(tmp_path: Path) -> None:
     await store.aclose()
     async with SQLiteCheckpointStore(path) as reopened:  # the new file was not written to
         assert await reopened.load("a") == Checkpoint("5", None, None, 1.0)
+
+
+# --- PostgreSQL: psycopg is imported only when a store is made -----------------------------------
+
+
+def test_without_psycopg_the_store_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg_pool", None)  # as if it were not installed
+    with pytest.raises(ConfigurationError, match=r'pip install "ohip-stream\[fleet\]"'):
+        PostgresCheckpointStore("postgresql://u@localhost/db")
+
+
+def test_importing_ohip_stream_does_not_import_psycopg() -> None:
+    code = (
+        "import sys, ohip_stream, ohip_stream._checkpoints_pg\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('psycopg'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,15 +1,14 @@
 """What the PostgreSQL checkpoint store adds to the contract (``test_checkpoints.py``).
 
 Against a real server (``helpers.services.postgres_dsn_or_skip``); each test uses its own table
-and drops it. The tests of configuration errors and of the lazy import need no server.
+and drops it. The tests of configuration errors need no server; those of the lazy import of
+psycopg are in ``test_checkpoints.py`` (they run without psycopg installed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from helpers.services import postgres_dsn_or_skip
+from helpers.services import import_or_skip, postgres_dsn_or_skip
 from ohip_stream import Checkpoint, CheckpointError, CheckpointUnavailableError, ConfigurationError
 
-psycopg = pytest.importorskip("psycopg", reason='PostgreSQL tests need pip install ".[fleet]"')
-psycopg_pool = pytest.importorskip("psycopg_pool")
-conninfo = pytest.importorskip("psycopg.conninfo")
+psycopg = import_or_skip("psycopg")
+psycopg_pool = import_or_skip("psycopg_pool")
+conninfo = import_or_skip("psycopg.conninfo")
 
 from ohip_stream._checkpoints_pg import PostgresCheckpointStore  # noqa: E402
 
@@ -279,20 +278,3 @@ def test_a_bad_timeout_is_refused(bad: object) -> None:
 def test_something_that_is_neither_a_dsn_nor_a_pool_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="needs a PostgreSQL DSN"):
         PostgresCheckpointStore(42)  # type: ignore[arg-type]
-
-
-def test_without_psycopg_the_store_says_which_extra_to_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "psycopg_pool", None)  # as if it were not installed
-    with pytest.raises(ConfigurationError, match=r'pip install "ohip-stream\[fleet\]"'):
-        PostgresCheckpointStore("postgresql://u@localhost/db")
-
-
-def test_importing_ohip_stream_does_not_import_psycopg() -> None:
-    code = (
-        "import sys, ohip_stream, ohip_stream._checkpoints_pg\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('psycopg'))\n"
-        "assert not loaded, loaded\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -8,8 +8,9 @@ broken setup.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -32,6 +33,14 @@ def _unavailable(reason: str) -> NoReturn:
     if services_required():
         pytest.fail(f"{reason} (OHIP_REQUIRE_SERVICES=1: this service is required)", pytrace=False)
     pytest.skip(reason)
+
+
+def import_or_skip(name: str) -> Any:
+    """The module ``name`` (a service's client library); skip without it, or fail if required."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        _unavailable(f'{name} is not installed: pip install -e ".[fleet]" to run these tests')
 
 
 def _server_of(dsn: str) -> str:

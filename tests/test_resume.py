@@ -34,8 +34,8 @@ def test_the_unique_id_window_forgets_after_two_generations() -> None:
     for number, uid in enumerate(["a", "b", "c", "d", "e"], start=1):
         resume.accept(str(number), uid)
     # "a" and "b" were in the generation dropped when "e" filled the young one again.
-    assert resume.accept("10", "a") == (Verdict.NEW, 0)
-    assert resume.accept("11", "d") == (Verdict.DUPLICATE, 0)
+    assert resume.accept("10", "d") == (Verdict.DUPLICATE, 0)
+    assert resume.accept("11", "a") == (Verdict.NEW, 0)
 
 
 def test_long_ids_are_kept_as_digests_and_still_match() -> None:
@@ -48,7 +48,9 @@ def test_long_ids_are_kept_as_digests_and_still_match() -> None:
     assert resume.accept("3", long_id + "y") == (Verdict.NEW, 0)
 
 
-@pytest.mark.parametrize("offset", ["123456789012345678901", "\u0661\u0662", "\u00b2", "", "-1", "1.0", " 1"])
+@pytest.mark.parametrize(
+    "offset", ["123456789012345678901", "\u0661\u0662", "\u00b2", "", "-1", "1.0", " 1"]
+)
 def test_an_offset_a_subscription_could_not_carry_is_invalid(offset: str) -> None:
     resume = Resume(window=10)
     resume.accept("1", "a")
@@ -69,7 +71,8 @@ def test_a_checkpoint_is_already_processed() -> None:
 def test_an_explicit_start_applies_until_an_event_was_seen() -> None:
     resume = Resume(window=10)
     resume.restore("500", "u500")
-    assert resume.subscription_start("7", False) == ("500", False, 500)
+    assert resume.subscription_start("7", False) == ("7", False, 7)
+    assert resume.subscription_start(None, False) == ("500", False, 500)
     fresh = Resume(window=10)
     assert fresh.subscription_start("7", False) == ("7", False, 7)
     assert fresh.subscription_start(None, True) == (None, True, None)

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import register_secret
-from ohip_stream._net import GatewayAddress, key_digest, parse_gateway, stream_id_for, tls_context
+from ohip_stream._budget import key_id
+from ohip_stream._net import GatewayAddress, parse_gateway, stream_id_for, tls_context
 from ohip_stream._protocol import hash_app_key
 from ohip_stream._query import SubscriptionDocument, build_subscription
 from ohip_stream._timings import Timings
@@ -160,7 +161,7 @@ def build_config(
         max_message_size=_message_size(max_message_size),
         max_buffer_bytes=_whole("max_buffer_bytes", max_buffer_bytes, minimum=64 * 1024),
         queue_size=queue,
-        on_invalid=on_invalid,  # type: ignore[arg-type]
+        on_invalid=on_invalid,
         on_offset_reset=_choice("on_offset_reset", on_offset_reset, ("deliver", "raise")),
         dedup_window=_window(dedup_window, queue),
         commit_every=_whole("commit_every", commit_every, minimum=1),
@@ -170,7 +171,7 @@ def build_config(
         standby=bool(standby),
         first_contact_tries=_whole("first_contact_tries", first_contact_tries, minimum=1),
         stream_id=stream_id_for(gateway.url, chain, key),
-        key_digest=key_digest(key),
+        key_digest=key_id(key),
         url=gateway.websocket_url(hash_app_key(key)),
     )
     # Every input rule of the subscription is checked here, before any I/O.

@@ -22,7 +22,7 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
-from ohip_stream._budget import UpgradeBudget
+from ohip_stream._budget import UpgradeBudget, rate_limited_wait
 from ohip_stream._exceptions import TransportError
 from ohip_stream._lifecycle import Lifecycle, StreamState, Wait
 from ohip_stream._logging import get_logger, redact
@@ -33,7 +33,6 @@ from ohip_stream._policy import (
     FailureKind,
     PolicyState,
     decide,
-    rate_limited_wait,
 )
 from ohip_stream._session import Ended, Session
 
@@ -183,7 +182,12 @@ class Connector:
         if not self.life.to(StreamState.WAITING, Wait(reason, self.clock.time() + seconds, detail)):
             return
         nap = self._nap = asyncio.get_running_loop().create_future()
-        timer = self.clock.call_later(seconds, lambda: nap.done() or nap.set_result(None))
+
+        def wake() -> None:
+            if not nap.done():
+                nap.set_result(None)
+
+        timer = self.clock.call_later(seconds, wake)
         try:
             await nap
         finally:

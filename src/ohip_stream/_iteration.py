@@ -149,8 +149,7 @@ class Iteration:
             self._other(frame)
         elif type(found) is Next:
             return found.event  # valid, though not in the envelope's usual form
-        elif self.resume.accept_invalid(found.offset):
-            assert isinstance(found, InvalidNext)
+        elif isinstance(found, InvalidNext) and self.resume.accept_invalid(found.offset):
             await self._dead_letter(found)
         else:
             self.stats.duplicates += 1
@@ -237,7 +236,7 @@ class Iteration:
         else:
             self._retry_dead_letter = item
             self._attention = True
-            result = handler(item.raw, item.error)  # type: ignore[operator]
+            result = handler(item.raw, item.error)
             if inspect.isawaitable(result):
                 await result
             self._retry_dead_letter = None

@@ -26,7 +26,6 @@ from ohip_stream._exceptions import ConfigurationError
 __all__ = [
     "GatewayAddress",
     "is_loopback",
-    "key_digest",
     "legacy_stream_id",
     "parse_gateway",
     "stream_id_for",
@@ -127,11 +126,6 @@ def is_loopback(host: str) -> bool:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
-
-
-def key_digest(app_key: str) -> str:
-    """A short non-reversible digest of an application key (file names, budgets, logs)."""
-    return _digest(app_key.strip())
 
 
 def stream_id_for(gateway_url: str, chain_code: str, app_key: str) -> str:

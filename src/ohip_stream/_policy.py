@@ -75,7 +75,6 @@ __all__ = [
     "PolicyState",
     "UpgradeBudget",
     "backoff_delay",
-    "classify_exception",
     "decide",
     "failure_of",
     "rate_limited_wait",
@@ -490,11 +489,3 @@ def failure_of(exc: BaseException) -> Failure:
         return Failure(FailureKind.FATAL, reason=text, error=exc)
     name = type(exc).__name__
     return Failure(FailureKind.NETWORK, reason=f"{name}: {text}" if text else name)
-
-
-def classify_exception(exc: BaseException) -> Failure:
-    """What the websockets connection layer raised, as a :class:`Failure` (goes with that
-    layer; imported on call, so that this module imports none of websockets, ssl, asyncio)."""
-    from ohip_stream._classify import classify_exception as classify
-
-    return classify(exc)

@@ -338,7 +338,7 @@ class EventStream:
         if generator is None or generator.ag_frame is None:
             if self._iteration is None:
                 raise ConfigurationError("use the stream inside 'async with EventStream(...)'")
-            generator = cast(AsyncGeneratorType[Event, None], self._iteration.events())
+            generator = cast("AsyncGeneratorType[Event, None]", self._iteration.events())
             self._generator = generator
         return generator
 
@@ -463,14 +463,13 @@ class EventStream:
 
 def _take_guard(config: StreamConfig) -> StreamGuard:
     """The one-consumer guard on this host, before any network I/O (§7)."""
-    scope = "stream" if config.guard_scope == "stream" else "app_key"
     guard = StreamGuard(
         config.stream_id,
+        key_id=config.key_digest,
+        scope=config.guard_scope,
         lock_dir=config.lock_dir,
         description=f"stream {config.stream_id} (chain {config.chain_code})",
-        upgrades_key=config.key_digest,
-        scope=scope,
-        app_key_digest=config.key_digest,
+        upgrade_window=config.timings.upgrade_budget[1],
     )
     guard.acquire()
     return guard

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ohip_stream.testing._clock import FakeClock, use_clock
 from ohip_stream.testing._events import EventFactory, make_detail, make_event
 from ohip_stream.testing._records import ConnectionRecord, SubscribeRejection, UpgradeRecord
 
@@ -28,11 +29,13 @@ __all__ = [
     "ConnectionRecord",
     "Emulator",
     "EventFactory",
+    "FakeClock",
     "SubscribeRejection",
     "UpgradeRecord",
     "make_detail",
     "make_event",
     "serve_foreground",
+    "use_clock",
 ]
 
 _LAZY = {

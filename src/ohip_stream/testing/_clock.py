@@ -3,8 +3,8 @@
 .. code-block:: python
 
     clock = FakeClock()
-    stream = make_stream(clock=clock)          # ohip_stream.testing.stream_with_clock(...)
-    await clock.advance(120)                    # a 4409 lockout passes in microseconds
+    stream = use_clock(EventStream(...), clock)   # before entering the stream
+    await clock.advance(120)                      # a 4409 lockout passes in microseconds
 
 Sleeps and timers of the code under test wait for :meth:`FakeClock.advance`, which fires them in
 order of their deadline, letting the event loop run the woken tasks after each one (so a task
@@ -16,10 +16,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["FakeClock"]
+if TYPE_CHECKING:
+    from ohip_stream._stream import EventStream
+
+__all__ = ["FakeClock", "use_clock"]
 
 #: Loop turns given to woken tasks after each timer fires (they may sleep again in the span).
 _SETTLE_TURNS = 20
@@ -105,3 +110,13 @@ class FakeClock:
 async def _settle() -> None:
     for _ in range(_SETTLE_TURNS):
         await asyncio.sleep(0)
+
+
+def use_clock(
+    stream: EventStream, clock: FakeClock, rng: random.Random | None = None
+) -> EventStream:
+    """Make ``stream`` read time (and draw its jitter, given ``rng``) from ``clock``: every
+    sleep, timer and timestamp of the stream, its connections and its commits. Call it before
+    entering the stream; returns the stream."""
+    stream._use_clock(clock, rng)
+    return stream

@@ -682,15 +682,21 @@ async def test_server_errors_are_retried_then_succeed(
     assert all(0 <= s <= 10 for s in sleep.calls)
 
 
-async def test_persistent_server_error_gives_up(
-    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
+async def test_persistent_server_error_is_a_transport_error_with_the_status(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep, status: int
 ) -> None:
-    route = router.post(TOKEN_URL).respond(502)
+    route = router.post(TOKEN_URL).respond(
+        status, json={"error": "temporarily_unavailable", "error_description": CLIENT_SECRET}
+    )
     async with OAuthClientCredentials(**cc_kwargs(retries=2, clock=clock, sleep=sleep)) as p:
-        with pytest.raises(AuthenticationError, match="HTTP 502") as info:
+        with pytest.raises(TransportError, match=f"HTTP {status}") as info:
             await p.get_token()
-    assert info.value.status == 502
+    assert type(info.value) is TransportError
+    assert info.value.status == status
     assert info.value.retriable
+    assert "attempt 3 of 3" in str(info.value)
+    assert_no_secret(str(info.value))
     assert route.call_count == 3
     assert len(sleep.calls) == 2
 
@@ -790,10 +796,17 @@ async def test_caller_http_client_is_used_and_not_closed(router: respx.MockRoute
     assert client.is_closed
 
 
-async def test_lazy_client_made_once_and_closed_by_aclose(
-    router: respx.MockRouter, clock: FakeClock
+async def test_a_client_per_fetch_closed_when_the_fetch_ends(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
 ) -> None:
-    router.post(TOKEN_URL).respond(200, json=token_body())
+    # The provider holds nothing between fetches: one never closed leaves nothing open.
+    router.post(TOKEN_URL).mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.Response(200, json=token_body(TOKEN_1)),
+            httpx.Response(200, json=token_body(TOKEN_2)),
+        ]
+    )
     made: list[httpx.AsyncClient] = []
     original = httpx.AsyncClient
 
@@ -802,25 +815,57 @@ async def test_lazy_client_made_once_and_closed_by_aclose(
             super().__init__(**kwargs)
             made.append(self)
 
-    provider = OAuthClientCredentials(**cc_kwargs(clock=clock))
+    provider = OAuthClientCredentials(**cc_kwargs(clock=clock, sleep=sleep))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(httpx, "AsyncClient", CountingClient)
         assert made == []  # nothing made at construction
         first = await provider.get_token()
+        assert len(made) == 1  # the retry after the 503 used the same client
+        assert made[0].is_closed
+        assert await provider.get_token() is first  # reused: no client made
+        assert len(made) == 1
         provider.invalidate(first)
         await provider.get_token()
-        assert len(made) == 1
-        assert not made[0].is_closed
-        await provider.aclose()
-        assert made[0].is_closed
-        await provider.aclose()  # idempotent
-        # Used again after aclose: a new client, closed by the next aclose.
-        await provider.get_token()
-        provider.invalidate(await provider.get_token())
-        await provider.get_token()
         assert len(made) == 2
-        await provider.aclose()
         assert made[1].is_closed
+        await provider.aclose()
+        await provider.aclose()  # idempotent
+        assert (await provider.get_token()).value == TOKEN_2  # usable after aclose
+
+
+async def test_a_failed_or_cancelled_fetch_closes_its_client(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+) -> None:
+    made: list[httpx.AsyncClient] = []
+    original = httpx.AsyncClient
+
+    class CountingClient(original):  # type: ignore[valid-type,misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    answered = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        answered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    provider = OAuthClientCredentials(**cc_kwargs(clock=clock, sleep=sleep, retries=0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(httpx, "AsyncClient", CountingClient)
+        router.post(TOKEN_URL).respond(401)
+        with pytest.raises(AuthenticationError):
+            await provider.get_token()
+        assert made[-1].is_closed
+        router.post(TOKEN_URL).mock(side_effect=hang)
+        task = asyncio.create_task(provider.get_token())
+        await answered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(made) == 2
+        assert made[-1].is_closed
 
 
 async def test_client_gets_timeout_verify_and_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -846,15 +891,26 @@ async def test_client_gets_timeout_verify_and_proxy(monkeypatch: pytest.MonkeyPa
     assert seen["follow_redirects"] is False
 
 
-def test_verify_accepts_a_ca_file(tmp_path: Any) -> None:
+async def test_verify_accepts_a_ca_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
-    provider = OAuthClientCredentials(**cc_kwargs(verify=str(path)))
-    assert isinstance(provider._verify, ssl.SSLContext)
-    provider_from_path = OAuthClientCredentials(**cc_kwargs(verify=path))
-    assert isinstance(provider_from_path._verify, ssl.SSLContext)
+    seen: list[Any] = []
+    original = httpx.AsyncClient
+
+    class RecordingClient(original):  # type: ignore[valid-type,misc]
+        def __init__(self, **kwargs: Any) -> None:
+            seen.append(kwargs["verify"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(httpx, "AsyncClient", RecordingClient)
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.post(TOKEN_URL).respond(200, json=token_body())
+        for verify in (str(path), path):
+            await OAuthClientCredentials(**cc_kwargs(verify=verify)).get_token()
+    assert len(seen) == 2
+    assert all(isinstance(context, ssl.SSLContext) for context in seen)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import logging
 import ssl
@@ -15,11 +16,28 @@ import httpx
 import pytest
 import respx
 
-from ohip_stream import AuthenticationError, ConfigurationError, OhipError, TransportError
+from ohip_stream import (
+    AuthenticationError,
+    CheckpointError,
+    CheckpointUnavailableError,
+    ConfigurationError,
+    ConnectionRejectedError,
+    ConsumerAlreadyRunningError,
+    ConsumerConflictError,
+    EventValidationError,
+    ForbiddenError,
+    MessageTooLargeError,
+    OhipError,
+    ProtocolError,
+    RateLimitedError,
+    SubscriptionError,
+    TransportError,
+)
 from ohip_stream._auth import (
     DEFAULT_SCOPE,
     AccessToken,
     OAuthClientCredentials,
+    OAuthOptions,
     OAuthPassword,
     StaticToken,
     TokenProvider,
@@ -1092,3 +1110,276 @@ def test_every_provider_is_a_token_provider() -> None:
     for provider in providers:
         assert isinstance(provider, TokenProvider)
     assert not isinstance(object(), TokenProvider)
+
+
+# --------------------------------------------------------------------------------------------
+# One options type for both grants
+
+
+# Every keyword argument of the two constructors before they shared one options type.
+_SHARED_ARGUMENTS: dict[str, Any] = {
+    "margin": 120.0,
+    "http_client": None,
+    "verify": True,
+    "proxy": None,
+    "timeout": httpx.Timeout(5.0),
+    "retries": 1,
+    "clock": FakeClock(),
+    "sleep": RecordingSleep(),
+    "allow_insecure": False,
+}
+
+
+async def test_every_argument_of_both_constructors_is_still_taken(
+    router: respx.MockRouter,
+) -> None:
+    route = router.post(TOKEN_URL).respond(200, json=token_body())
+    cc = OAuthClientCredentials(**cc_kwargs(scope=DEFAULT_SCOPE, **_SHARED_ARGUMENTS))
+    pw = OAuthPassword(**pw_kwargs(**_SHARED_ARGUMENTS))
+    for provider in (cc, pw):
+        await provider.get_token()
+        assert provider.margin == 120.0
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("factory", "name"),
+    [
+        (lambda: OAuthClientCredentials(**cc_kwargs(retires=3)), "'retires'"),
+        (lambda: OAuthPassword(**pw_kwargs(enterprise_id="ENT1")), "'enterprise_id'"),
+        (lambda: OAuthClientCredentials(**cc_kwargs(username="u")), "'username'"),
+    ],
+)
+def test_an_unknown_argument_is_named(factory: Any, name: str) -> None:
+    with pytest.raises(TypeError, match=f"unexpected keyword argument {name}") as info:
+        factory()
+    assert "gateway_url" in str(info.value)  # and the options it takes are listed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"deadline": 0}, "deadline"),
+        ({"deadline": "soon"}, "deadline"),
+        ({"max_response_size": 0}, "max_response_size"),
+        ({"max_response_size": 1.5}, "max_response_size"),
+        ({"max_response_size": True}, "max_response_size"),
+        ({"clock": 3}, "clock"),
+        ({"http_client": "client"}, "http_client"),
+    ],
+)
+def test_invalid_limits_are_named(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        OAuthPassword(**pw_kwargs(**overrides))
+
+
+def test_the_limits_can_be_turned_off() -> None:
+    OAuthClientCredentials(**cc_kwargs(deadline=None, max_response_size=None))
+
+
+def test_public_classes_have_no_private_base() -> None:
+    for cls in (OAuthClientCredentials, OAuthPassword, StaticToken):
+        assert cls.__bases__ == (object,)
+        # The reference renders the class docstring: every parameter is documented there.
+        doc = cls.__doc__ or ""
+        for name in inspect.signature(cls).parameters:
+            if name != "options":
+                assert f"    {name}:" in doc, (cls.__name__, name)
+    for cls in (OAuthClientCredentials, OAuthPassword):
+        doc = cls.__doc__ or ""
+        for name in OAuthOptions.__annotations__:
+            assert f"    {name}:" in doc, (cls.__name__, name)
+
+
+# --------------------------------------------------------------------------------------------
+# The answer's size
+
+
+async def test_a_token_answer_above_the_cap_is_refused_naming_the_limit(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+) -> None:
+    big = token_body(padding="x" * 5000)
+    route = router.post(TOKEN_URL).respond(200, json=big)
+    async with OAuthClientCredentials(
+        **cc_kwargs(clock=clock, sleep=sleep, max_response_size=4096)
+    ) as provider:
+        with pytest.raises(AuthenticationError, match="max_response_size=4096") as info:
+            await provider.get_token()
+    assert info.value.status == 200
+    assert route.call_count == 1  # not retried: the endpoint is not a token endpoint
+    assert sleep.calls == []
+
+
+async def test_an_error_answer_above_the_cap_keeps_its_status(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+) -> None:
+    router.post(TOKEN_URL).respond(401, json={"error": "invalid_client", "pad": "x" * 5000})
+    async with OAuthClientCredentials(
+        **cc_kwargs(clock=clock, sleep=sleep, max_response_size=4096)
+    ) as provider:
+        with pytest.raises(AuthenticationError, match="HTTP 401") as info:
+            await provider.get_token()
+    assert info.value.status == 401
+    assert info.value.error is None  # the body was not read past the cap
+
+
+# --------------------------------------------------------------------------------------------
+# A proxy's password (hardening issue, item 4)
+
+
+PROXY_PASSWORD = "pr0xy-Passw0rd-value"
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:3128",
+        httpx.URL(f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:3128"),
+        httpx.Proxy(f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:3128"),
+    ],
+)
+async def test_the_proxy_password_is_in_no_repr_message_or_log(
+    router: respx.MockRouter,
+    caplog: pytest.LogCaptureFixture,
+    sleep: RecordingSleep,
+    proxy: Any,
+) -> None:
+    # httpx's own message names the proxy URL it failed on, password included.
+    router.post(TOKEN_URL).mock(
+        side_effect=httpx.ProxyError(f"cannot reach http://proxyuser:{PROXY_PASSWORD}@proxy")
+    )
+    caplog.set_level(logging.DEBUG)
+    provider = OAuthPassword(**pw_kwargs(proxy=proxy, sleep=sleep, retries=1))
+    with pytest.raises(TransportError) as info:
+        await provider.get_token()
+    shown = (repr(provider), str(info.value), repr(info.value), caplog.text)
+    for text in shown:
+        assert PROXY_PASSWORD not in text
+    assert "proxy='http://proxy.example:3128'" in repr(provider)
+    assert "through the proxy http://proxy.example:3128" in str(info.value)
+    assert "retrying" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        f"ftp://proxyuser:{PROXY_PASSWORD}@proxy.example:21",
+        f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:port",
+    ],
+)
+def test_a_refused_proxy_url_does_not_show_its_password(
+    proxy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigurationError, match="proxy") as info:
+        OAuthClientCredentials(**cc_kwargs(proxy=proxy))
+    # What an application (or the CLI) logs about it, through the library's loggers.
+    logging.getLogger("ohip_stream._auth").error("cannot start: %s (%s)", info.value, proxy)
+    assert PROXY_PASSWORD not in str(info.value)
+    assert PROXY_PASSWORD not in caplog.text
+
+
+def test_a_percent_encoded_proxy_password_is_hidden_both_ways(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = "http://proxyuser:pr0xy%40Pass%3Aw0rd@proxy.example:3128"
+    provider = OAuthClientCredentials(**cc_kwargs(proxy=proxy))
+    logging.getLogger("ohip_stream._auth").debug("%r via %s (pr0xy@Pass:w0rd)", provider, proxy)
+    for password in ("pr0xy@Pass:w0rd", "pr0xy%40Pass%3Aw0rd"):
+        assert password not in repr(provider)
+        assert password not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Renewal
+
+
+def test_only_the_oauth_providers_can_renew() -> None:
+    assert OAuthClientCredentials(**cc_kwargs()).renewable is True
+    assert OAuthPassword(**pw_kwargs()).renewable is True
+    assert StaticToken("opaque-token-value").renewable is False
+
+
+def test_a_provider_without_renewable_is_a_token_provider() -> None:
+    class Vault:
+        enterprise_id = None
+        margin = 60.0
+
+        async def get_token(self) -> AccessToken:
+            return AccessToken(value="from-the-vault", issued_at=0.0)
+
+        def invalidate(self, token: AccessToken) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
+    vault = Vault()
+    assert isinstance(vault, TokenProvider)
+    assert getattr(vault, "renewable", True) is True  # what the stream reads
+
+
+# --------------------------------------------------------------------------------------------
+# The error tree
+
+
+def _every_error() -> list[OhipError]:
+    return [
+        OhipError("x"),
+        ConfigurationError("x"),
+        AuthenticationError("x", status=401, error="invalid_client"),
+        AuthenticationError("x", code=4401),
+        ConnectionRejectedError("x", status=400),
+        RateLimitedError("x", retry_after=120.0),
+        SubscriptionError("x", code=4400, reason="bad chain"),
+        ForbiddenError("x", code=4403),
+        ConsumerConflictError("x", code=4409),
+        ConsumerAlreadyRunningError("x"),
+        ProtocolError("x"),
+        MessageTooLargeError("x", code=1009),
+        EventValidationError("x", raw="{}"),
+        CheckpointError("x"),
+        CheckpointUnavailableError("x"),
+        TransportError("x", status=503),
+        TransportError("x"),
+    ]
+
+
+def test_retriable_is_a_class_attribute_only() -> None:
+    expected = {
+        RateLimitedError: True,
+        TransportError: True,
+        CheckpointUnavailableError: True,
+        ProtocolError: False,
+        MessageTooLargeError: False,
+        AuthenticationError: False,
+        ConnectionRejectedError: False,
+        ConfigurationError: False,
+    }
+    for error in _every_error():
+        assert "retriable" not in vars(error), type(error).__name__
+        assert error.retriable is type(error).retriable
+        if type(error) in expected:
+            assert error.retriable is expected[type(error)], type(error).__name__
+
+
+def test_status_is_http_and_code_is_a_close_code() -> None:
+    refused = AuthenticationError("refused", status=401, error="e", error_description="d")
+    assert (refused.status, refused.code) == (401, None)
+    twice = AuthenticationError("4401 twice", code=4401)
+    assert (twice.status, twice.code) == (None, 4401)
+    assert ConnectionRejectedError("x", status=400).status == 400
+    with pytest.raises(TypeError):
+        ConnectionRejectedError("x")  # type: ignore[call-arg]
+    limited = RateLimitedError("x", retry_after=30.0)
+    assert (limited.status, limited.retry_after) == (429, 30.0)
+    assert TransportError("down", status=503).status == 503
+    assert TransportError("refused").status is None
+    closed = SubscriptionError("x", code=4400, reason="bad chain")
+    assert (closed.code, closed.reason) == (4400, "bad chain")
+    for error in _every_error():
+        status = getattr(error, "status", None)
+        code = getattr(error, "code", None)
+        assert status is None or 100 <= status <= 599, type(error).__name__
+        assert code is None or 1000 <= code <= 4999, type(error).__name__

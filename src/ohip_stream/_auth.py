@@ -75,35 +75,38 @@ class OAuthClientCredentials:
     close. ``aclose()`` is idempotent.
 
     Args:
-        gateway_url: the gateway's base URL (``https://<host>``); the token endpoint is
+        gateway_url (str): the gateway's base URL (``https://<host>``); the token endpoint is
             ``{gateway_url}/oauth/v1/tokens``.
-        client_id: the OAuth client id of the integration (no ``:``, RFC 7617).
-        client_secret: the OAuth client secret.
-        app_key: the application key (raw, not hashed), sent as ``x-app-key``.
+        client_id (str): the OAuth client id of the integration (no ``:``, RFC 7617).
+        client_secret (str): the OAuth client secret.
+        app_key (str): the application key (raw, not hashed), sent as ``x-app-key``.
         enterprise_id: the enterprise id, 1 to 8 upper-case letters or digits.
         scope: the requested scope (default ``urn:opc:hgbu:ws:__myscopes__``).
-        margin: stop reusing a token this many seconds before it expires (default 300; capped
-            at half the token's lifetime); the stream rotates its connection by then.
-        http_client: a caller's own ``httpx.AsyncClient``; the provider never closes it.
+        margin (float): stop reusing a token this many seconds before it expires (default 300;
+            capped at half the token's lifetime); the stream rotates its connection by then.
+        http_client (httpx.AsyncClient | None): a caller's own client; the provider never closes it.
             Configure TLS and proxies on it (``verify`` and ``proxy`` are then refused).
-        verify: TLS verification of the client the provider makes: ``True`` (system CAs, the
-            default), ``False``, the path of a PEM CA file, or an ``ssl.SSLContext``.
-        proxy: the proxy of the client the provider makes (``http://``, ``https://`` or
-            ``socks5://`` URL, or an ``httpx.Proxy``); its password never appears in messages,
-            reprs or logs.
-        timeout: seconds allowed for each phase of a request (connect, write, read, pool), or
-            an ``httpx.Timeout`` (default 10).
-        deadline: seconds one request may take from sending to the last byte of the answer
-            (default 30; ``None``: no deadline); a slower answer fails the attempt with
+        verify (bool | str | os.PathLike | ssl.SSLContext): TLS verification of the client the
+            provider makes: ``True`` (system CAs, the default), ``False``, the path of a PEM CA
+            file, or an ``ssl.SSLContext``.
+        proxy (str | httpx.URL | httpx.Proxy | None): the proxy of the client the provider makes (an
+            ``http://``, ``https://`` or ``socks5://`` URL, or an ``httpx.Proxy``); its password
+            never appears in messages, reprs or logs.
+        timeout (float | httpx.Timeout): seconds allowed for each phase of a request (connect,
+            write, read, pool), or an ``httpx.Timeout`` (default 10).
+        deadline (float | None): seconds one request may take, from sending to the last byte of the
+            answer (default 30; ``None``: no deadline); a slower answer fails the attempt with
             :class:`~ohip_stream.TransportError`.
-        max_response_size: the largest answer read, in bytes (default 1 MiB; ``None``: no
-            limit); a larger token answer is an :class:`~ohip_stream.AuthenticationError`.
-        retries: how many times a network error, a timeout or a server error (5xx, 408, 429)
+        max_response_size (int | None): the largest answer read, in bytes (default 1 MiB; ``None``:
+            no limit); a larger token answer is an :class:`~ohip_stream.AuthenticationError`.
+        retries (int): how many times a network error, a timeout or a server error (5xx, 408, 429)
             is retried, with jittered exponential backoff, before giving up (default 3).
-        clock: returns the time in epoch seconds (default ``time.time``; tests inject one).
-        sleep: awaited between retries (default ``asyncio.sleep``; tests inject one).
-        allow_insecure: allow a plain ``http://`` gateway that is not on this host (the client
-            secret and the tokens would cross the network unencrypted; a test gateway only).
+        clock (Callable[[], float]): returns the time in epoch seconds (default ``time.time``; tests
+            inject one).
+        sleep (Callable[[float], Awaitable[None]]): awaited between retries (default
+            ``asyncio.sleep``; tests inject one).
+        allow_insecure (bool): allow a plain ``http://`` gateway that is not on this host (the
+            client secret and the tokens would cross the network unencrypted; a test gateway only).
 
     Raises:
         ConfigurationError: a missing or invalid argument; the message names it.
@@ -207,35 +210,38 @@ class OAuthPassword:
     close. ``aclose()`` is idempotent.
 
     Args:
-        gateway_url: the gateway's base URL (``https://<host>``); the token endpoint is
+        gateway_url (str): the gateway's base URL (``https://<host>``); the token endpoint is
             ``{gateway_url}/oauth/v1/tokens``.
-        client_id: the OAuth client id of the integration (no ``:``, RFC 7617).
-        client_secret: the OAuth client secret.
-        app_key: the application key (raw, not hashed), sent as ``x-app-key``.
+        client_id (str): the OAuth client id of the integration (no ``:``, RFC 7617).
+        client_secret (str): the OAuth client secret.
+        app_key (str): the application key (raw, not hashed), sent as ``x-app-key``.
         username: the integration user of the environment.
         password: that user's password.
-        margin: stop reusing a token this many seconds before it expires (default 300; capped
-            at half the token's lifetime); the stream rotates its connection by then.
-        http_client: a caller's own ``httpx.AsyncClient``; the provider never closes it.
+        margin (float): stop reusing a token this many seconds before it expires (default 300;
+            capped at half the token's lifetime); the stream rotates its connection by then.
+        http_client (httpx.AsyncClient | None): a caller's own client; the provider never closes it.
             Configure TLS and proxies on it (``verify`` and ``proxy`` are then refused).
-        verify: TLS verification of the client the provider makes: ``True`` (system CAs, the
-            default), ``False``, the path of a PEM CA file, or an ``ssl.SSLContext``.
-        proxy: the proxy of the client the provider makes (``http://``, ``https://`` or
-            ``socks5://`` URL, or an ``httpx.Proxy``); its password never appears in messages,
-            reprs or logs.
-        timeout: seconds allowed for each phase of a request (connect, write, read, pool), or
-            an ``httpx.Timeout`` (default 10).
-        deadline: seconds one request may take from sending to the last byte of the answer
-            (default 30; ``None``: no deadline); a slower answer fails the attempt with
+        verify (bool | str | os.PathLike | ssl.SSLContext): TLS verification of the client the
+            provider makes: ``True`` (system CAs, the default), ``False``, the path of a PEM CA
+            file, or an ``ssl.SSLContext``.
+        proxy (str | httpx.URL | httpx.Proxy | None): the proxy of the client the provider makes (an
+            ``http://``, ``https://`` or ``socks5://`` URL, or an ``httpx.Proxy``); its password
+            never appears in messages, reprs or logs.
+        timeout (float | httpx.Timeout): seconds allowed for each phase of a request (connect,
+            write, read, pool), or an ``httpx.Timeout`` (default 10).
+        deadline (float | None): seconds one request may take, from sending to the last byte of the
+            answer (default 30; ``None``: no deadline); a slower answer fails the attempt with
             :class:`~ohip_stream.TransportError`.
-        max_response_size: the largest answer read, in bytes (default 1 MiB; ``None``: no
-            limit); a larger token answer is an :class:`~ohip_stream.AuthenticationError`.
-        retries: how many times a network error, a timeout or a server error (5xx, 408, 429)
+        max_response_size (int | None): the largest answer read, in bytes (default 1 MiB; ``None``:
+            no limit); a larger token answer is an :class:`~ohip_stream.AuthenticationError`.
+        retries (int): how many times a network error, a timeout or a server error (5xx, 408, 429)
             is retried, with jittered exponential backoff, before giving up (default 3).
-        clock: returns the time in epoch seconds (default ``time.time``; tests inject one).
-        sleep: awaited between retries (default ``asyncio.sleep``; tests inject one).
-        allow_insecure: allow a plain ``http://`` gateway that is not on this host (the client
-            secret, the password and the tokens would cross the network unencrypted; a test
+        clock (Callable[[], float]): returns the time in epoch seconds (default ``time.time``; tests
+            inject one).
+        sleep (Callable[[float], Awaitable[None]]): awaited between retries (default
+            ``asyncio.sleep``; tests inject one).
+        allow_insecure (bool): allow a plain ``http://`` gateway that is not on this host (the
+            client secret, the password and the tokens would cross the network unencrypted; a test
             gateway only).
 
     Raises:

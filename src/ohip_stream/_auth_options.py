@@ -294,7 +294,7 @@ def _check_proxy(proxy: object) -> tuple[Proxy, str | None]:
     """
     if proxy is None:
         return None, None
-    _register_proxy_password(proxy)
+    register_secret(*_proxy_passwords(proxy))
     try:
         parsed = proxy if isinstance(proxy, httpx.Proxy) else httpx.Proxy(proxy)  # type: ignore[arg-type]
     except (httpx.InvalidURL, ValueError, TypeError):
@@ -308,21 +308,19 @@ def _check_proxy(proxy: object) -> tuple[Proxy, str | None]:
     return proxy, str(parsed.url)  # type: ignore[return-value]
 
 
-def _register_proxy_password(proxy: object) -> None:
+def _proxy_passwords(proxy: object) -> list[str | None]:
+    """The password in ``proxy``, as written (percent-encoded) and decoded."""
     if isinstance(proxy, httpx.Proxy):
-        password = proxy.auth[1] if proxy.auth is not None else None
-    elif isinstance(proxy, httpx.URL):
-        password = proxy.password
-    elif isinstance(proxy, str):
+        return [proxy.auth[1] if proxy.auth is not None else None]
+    if isinstance(proxy, httpx.URL):
+        return [proxy.password, proxy.userinfo.decode("ascii", "replace").partition(":")[2]]
+    if isinstance(proxy, str):
         try:
-            password = urlsplit(proxy.strip()).password
+            raw = urlsplit(proxy.strip()).password
         except ValueError:
-            password = None
-        register_secret(password)
-        password = unquote(password) if password else None
-    else:
-        return
-    register_secret(password)
+            return []
+        return [raw, unquote(raw) if raw else None]
+    return []
 
 
 def _ssl_context(verify: object) -> bool | ssl.SSLContext:

@@ -32,6 +32,7 @@ __all__ = [
     "Sleep",
     "Verify",
     "check_enterprise_id",
+    "check_proxy",
     "require",
     "resolve_options",
 ]
@@ -138,7 +139,7 @@ def resolve_options(owner: str, options: OAuthOptions) -> ResolvedOptions:
     if ":" in client_id:
         # RFC 7617: the user-id of Basic credentials cannot contain a colon.
         raise ConfigurationError("client_id must not contain ':' (RFC 7617 Basic credentials)")
-    proxy, proxy_shown = _check_proxy(options.get("proxy"))
+    proxy, proxy_shown = check_proxy(options.get("proxy"))
     gateway_url, host = _normalize_gateway(options.get("gateway_url"))
     _refuse_plain_http(gateway_url, host, options.get("allow_insecure", False) is True)
     http_client = options.get("http_client")
@@ -286,11 +287,16 @@ def _normalize_gateway(gateway_url: object) -> tuple[str, str]:
     return url.rstrip("/"), parts.hostname
 
 
-def _check_proxy(proxy: object) -> tuple[Proxy, str | None]:
-    """``proxy`` after checking httpx can use it, and its URL without user and password.
+def check_proxy(proxy: object) -> tuple[Proxy, str | None]:
+    """``proxy`` after checking httpx can use it, and its URL without user and password (to
+    show in messages and reprs).
 
     The password is registered as a secret before anything else, so that no message or log
-    line shows it, even one about a proxy URL httpx refuses.
+    line shows it, even one about a proxy URL httpx refuses. The stream's own ``proxy=`` (for
+    the WebSocket) can use this too.
+
+    Raises:
+        ConfigurationError: not an http://, https:// or socks5:// URL (nor an httpx.Proxy).
     """
     if proxy is None:
         return None, None

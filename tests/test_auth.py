@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -15,11 +17,28 @@ import httpx
 import pytest
 import respx
 
-from ohip_stream import AuthenticationError, ConfigurationError, OhipError, TransportError
+from ohip_stream import (
+    AuthenticationError,
+    CheckpointError,
+    CheckpointUnavailableError,
+    ConfigurationError,
+    ConnectionRejectedError,
+    ConsumerAlreadyRunningError,
+    ConsumerConflictError,
+    EventValidationError,
+    ForbiddenError,
+    MessageTooLargeError,
+    OhipError,
+    ProtocolError,
+    RateLimitedError,
+    SubscriptionError,
+    TransportError,
+)
 from ohip_stream._auth import (
     DEFAULT_SCOPE,
     AccessToken,
     OAuthClientCredentials,
+    OAuthOptions,
     OAuthPassword,
     StaticToken,
     TokenProvider,
@@ -682,15 +701,21 @@ async def test_server_errors_are_retried_then_succeed(
     assert all(0 <= s <= 10 for s in sleep.calls)
 
 
-async def test_persistent_server_error_gives_up(
-    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
+async def test_persistent_server_error_is_a_transport_error_with_the_status(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep, status: int
 ) -> None:
-    route = router.post(TOKEN_URL).respond(502)
+    route = router.post(TOKEN_URL).respond(
+        status, json={"error": "temporarily_unavailable", "error_description": CLIENT_SECRET}
+    )
     async with OAuthClientCredentials(**cc_kwargs(retries=2, clock=clock, sleep=sleep)) as p:
-        with pytest.raises(AuthenticationError, match="HTTP 502") as info:
+        with pytest.raises(TransportError, match=f"HTTP {status}") as info:
             await p.get_token()
-    assert info.value.status == 502
+    assert type(info.value) is TransportError
+    assert info.value.status == status
     assert info.value.retriable
+    assert "attempt 3 of 3" in str(info.value)
+    assert_no_secret(str(info.value))
     assert route.call_count == 3
     assert len(sleep.calls) == 2
 
@@ -790,10 +815,17 @@ async def test_caller_http_client_is_used_and_not_closed(router: respx.MockRoute
     assert client.is_closed
 
 
-async def test_lazy_client_made_once_and_closed_by_aclose(
-    router: respx.MockRouter, clock: FakeClock
+async def test_a_client_per_fetch_closed_when_the_fetch_ends(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
 ) -> None:
-    router.post(TOKEN_URL).respond(200, json=token_body())
+    # The provider holds nothing between fetches: one never closed leaves nothing open.
+    router.post(TOKEN_URL).mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.Response(200, json=token_body(TOKEN_1)),
+            httpx.Response(200, json=token_body(TOKEN_2)),
+        ]
+    )
     made: list[httpx.AsyncClient] = []
     original = httpx.AsyncClient
 
@@ -802,25 +834,57 @@ async def test_lazy_client_made_once_and_closed_by_aclose(
             super().__init__(**kwargs)
             made.append(self)
 
-    provider = OAuthClientCredentials(**cc_kwargs(clock=clock))
+    provider = OAuthClientCredentials(**cc_kwargs(clock=clock, sleep=sleep))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(httpx, "AsyncClient", CountingClient)
         assert made == []  # nothing made at construction
         first = await provider.get_token()
+        assert len(made) == 1  # the retry after the 503 used the same client
+        assert made[0].is_closed
+        assert await provider.get_token() is first  # reused: no client made
+        assert len(made) == 1
         provider.invalidate(first)
         await provider.get_token()
-        assert len(made) == 1
-        assert not made[0].is_closed
-        await provider.aclose()
-        assert made[0].is_closed
-        await provider.aclose()  # idempotent
-        # Used again after aclose: a new client, closed by the next aclose.
-        await provider.get_token()
-        provider.invalidate(await provider.get_token())
-        await provider.get_token()
         assert len(made) == 2
-        await provider.aclose()
         assert made[1].is_closed
+        await provider.aclose()
+        await provider.aclose()  # idempotent
+        assert (await provider.get_token()).value == TOKEN_2  # usable after aclose
+
+
+async def test_a_failed_or_cancelled_fetch_closes_its_client(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+) -> None:
+    made: list[httpx.AsyncClient] = []
+    original = httpx.AsyncClient
+
+    class CountingClient(original):  # type: ignore[valid-type,misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    answered = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        answered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    provider = OAuthClientCredentials(**cc_kwargs(clock=clock, sleep=sleep, retries=0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(httpx, "AsyncClient", CountingClient)
+        router.post(TOKEN_URL).respond(401)
+        with pytest.raises(AuthenticationError):
+            await provider.get_token()
+        assert made[-1].is_closed
+        router.post(TOKEN_URL).mock(side_effect=hang)
+        task = asyncio.create_task(provider.get_token())
+        await answered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(made) == 2
+        assert made[-1].is_closed
 
 
 async def test_client_gets_timeout_verify_and_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -846,15 +910,26 @@ async def test_client_gets_timeout_verify_and_proxy(monkeypatch: pytest.MonkeyPa
     assert seen["follow_redirects"] is False
 
 
-def test_verify_accepts_a_ca_file(tmp_path: Any) -> None:
+async def test_verify_accepts_a_ca_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
-    provider = OAuthClientCredentials(**cc_kwargs(verify=str(path)))
-    assert isinstance(provider._verify, ssl.SSLContext)
-    provider_from_path = OAuthClientCredentials(**cc_kwargs(verify=path))
-    assert isinstance(provider_from_path._verify, ssl.SSLContext)
+    seen: list[Any] = []
+    original = httpx.AsyncClient
+
+    class RecordingClient(original):  # type: ignore[valid-type,misc]
+        def __init__(self, **kwargs: Any) -> None:
+            seen.append(kwargs["verify"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(httpx, "AsyncClient", RecordingClient)
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.post(TOKEN_URL).respond(200, json=token_body())
+        for verify in (str(path), path):
+            await OAuthClientCredentials(**cc_kwargs(verify=verify)).get_token()
+    assert len(seen) == 2
+    assert all(isinstance(context, ssl.SSLContext) for context in seen)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1036,3 +1111,277 @@ def test_every_provider_is_a_token_provider() -> None:
     for provider in providers:
         assert isinstance(provider, TokenProvider)
     assert not isinstance(object(), TokenProvider)
+
+
+# --------------------------------------------------------------------------------------------
+# One options type for both grants
+
+
+# Every keyword argument of the two constructors before they shared one options type.
+_SHARED_ARGUMENTS: dict[str, Any] = {
+    "margin": 120.0,
+    "http_client": None,
+    "verify": True,
+    "proxy": None,
+    "timeout": httpx.Timeout(5.0),
+    "retries": 1,
+    "clock": FakeClock(),
+    "sleep": RecordingSleep(),
+    "allow_insecure": False,
+}
+
+
+async def test_every_argument_of_both_constructors_is_still_taken(
+    router: respx.MockRouter,
+) -> None:
+    route = router.post(TOKEN_URL).respond(200, json=token_body())
+    cc = OAuthClientCredentials(**cc_kwargs(scope=DEFAULT_SCOPE, **_SHARED_ARGUMENTS))
+    pw = OAuthPassword(**pw_kwargs(**_SHARED_ARGUMENTS))
+    for provider in (cc, pw):
+        await provider.get_token()
+        assert provider.margin == 120.0
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("factory", "name"),
+    [
+        (lambda: OAuthClientCredentials(**cc_kwargs(retires=3)), "'retires'"),
+        (lambda: OAuthPassword(**pw_kwargs(enterprise_id="ENT1")), "'enterprise_id'"),
+        (lambda: OAuthClientCredentials(**cc_kwargs(username="u")), "'username'"),
+    ],
+)
+def test_an_unknown_argument_is_named(factory: Any, name: str) -> None:
+    with pytest.raises(TypeError, match=f"unexpected keyword argument {name}") as info:
+        factory()
+    assert "gateway_url" in str(info.value)  # and the options it takes are listed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"deadline": 0}, "deadline"),
+        ({"deadline": "soon"}, "deadline"),
+        ({"max_response_size": 0}, "max_response_size"),
+        ({"max_response_size": 1.5}, "max_response_size"),
+        ({"max_response_size": True}, "max_response_size"),
+        ({"clock": 3}, "clock"),
+        ({"http_client": "client"}, "http_client"),
+    ],
+)
+def test_invalid_limits_are_named(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        OAuthPassword(**pw_kwargs(**overrides))
+
+
+def test_the_limits_can_be_turned_off() -> None:
+    OAuthClientCredentials(**cc_kwargs(deadline=None, max_response_size=None))
+
+
+def test_public_classes_have_no_private_base() -> None:
+    for cls in (OAuthClientCredentials, OAuthPassword, StaticToken):
+        assert cls.__bases__ == (object,)
+        # The reference renders the class docstring: every parameter is documented there.
+        doc = cls.__doc__ or ""
+        for name in inspect.signature(cls).parameters:
+            if name != "options":
+                assert re.search(rf"^ +{name}( \(.+\))?: ", doc, re.M), (cls.__name__, name)
+    for cls in (OAuthClientCredentials, OAuthPassword):
+        doc = cls.__doc__ or ""
+        for name in OAuthOptions.__annotations__:
+            # The shared options are not in the signature: their types are in the docstring.
+            assert re.search(rf"^ +{name} \(.+\): ", doc, re.M), (cls.__name__, name)
+
+
+# --------------------------------------------------------------------------------------------
+# The answer's size
+
+
+async def test_a_token_answer_above_the_cap_is_refused_naming_the_limit(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+) -> None:
+    big = token_body(padding="x" * 5000)
+    route = router.post(TOKEN_URL).respond(200, json=big)
+    async with OAuthClientCredentials(
+        **cc_kwargs(clock=clock, sleep=sleep, max_response_size=4096)
+    ) as provider:
+        with pytest.raises(AuthenticationError, match="max_response_size=4096") as info:
+            await provider.get_token()
+    assert info.value.status == 200
+    assert route.call_count == 1  # not retried: the endpoint is not a token endpoint
+    assert sleep.calls == []
+
+
+async def test_an_error_answer_above_the_cap_keeps_its_status(
+    router: respx.MockRouter, clock: FakeClock, sleep: RecordingSleep
+) -> None:
+    router.post(TOKEN_URL).respond(401, json={"error": "invalid_client", "pad": "x" * 5000})
+    async with OAuthClientCredentials(
+        **cc_kwargs(clock=clock, sleep=sleep, max_response_size=4096)
+    ) as provider:
+        with pytest.raises(AuthenticationError, match="HTTP 401") as info:
+            await provider.get_token()
+    assert info.value.status == 401
+    assert info.value.error is None  # the body was not read past the cap
+
+
+# --------------------------------------------------------------------------------------------
+# A proxy's password (hardening issue, item 4)
+
+
+PROXY_PASSWORD = "pr0xy-Passw0rd-value"
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:3128",
+        httpx.URL(f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:3128"),
+        httpx.Proxy(f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:3128"),
+    ],
+)
+async def test_the_proxy_password_is_in_no_repr_message_or_log(
+    router: respx.MockRouter,
+    caplog: pytest.LogCaptureFixture,
+    sleep: RecordingSleep,
+    proxy: Any,
+) -> None:
+    # httpx's own message names the proxy URL it failed on, password included.
+    router.post(TOKEN_URL).mock(
+        side_effect=httpx.ProxyError(f"cannot reach http://proxyuser:{PROXY_PASSWORD}@proxy")
+    )
+    caplog.set_level(logging.DEBUG)
+    provider = OAuthPassword(**pw_kwargs(proxy=proxy, sleep=sleep, retries=1))
+    with pytest.raises(TransportError) as info:
+        await provider.get_token()
+    shown = (repr(provider), str(info.value), repr(info.value), caplog.text)
+    for text in shown:
+        assert PROXY_PASSWORD not in text
+    assert "proxy='http://proxy.example:3128'" in repr(provider)
+    assert "through the proxy http://proxy.example:3128" in str(info.value)
+    assert "retrying" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        f"ftp://proxyuser:{PROXY_PASSWORD}@proxy.example:21",
+        f"http://proxyuser:{PROXY_PASSWORD}@proxy.example:port",
+    ],
+)
+def test_a_refused_proxy_url_does_not_show_its_password(
+    proxy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigurationError, match="proxy") as info:
+        OAuthClientCredentials(**cc_kwargs(proxy=proxy))
+    # What an application (or the CLI) logs about it, through the library's loggers.
+    logging.getLogger("ohip_stream._auth").error("cannot start: %s (%s)", info.value, proxy)
+    assert PROXY_PASSWORD not in str(info.value)
+    assert PROXY_PASSWORD not in caplog.text
+
+
+def test_a_percent_encoded_proxy_password_is_hidden_both_ways(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = "http://proxyuser:pr0xy%40Pass%3Aw0rd@proxy.example:3128"
+    provider = OAuthClientCredentials(**cc_kwargs(proxy=proxy))
+    logging.getLogger("ohip_stream._auth").debug("%r via %s (pr0xy@Pass:w0rd)", provider, proxy)
+    for password in ("pr0xy@Pass:w0rd", "pr0xy%40Pass%3Aw0rd"):
+        assert password not in repr(provider)
+        assert password not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Renewal
+
+
+def test_only_the_oauth_providers_can_renew() -> None:
+    assert OAuthClientCredentials(**cc_kwargs()).renewable is True
+    assert OAuthPassword(**pw_kwargs()).renewable is True
+    assert StaticToken("opaque-token-value").renewable is False
+
+
+def test_a_provider_without_renewable_is_a_token_provider() -> None:
+    class Vault:
+        enterprise_id = None
+        margin = 60.0
+
+        async def get_token(self) -> AccessToken:
+            return AccessToken(value="from-the-vault", issued_at=0.0)
+
+        def invalidate(self, token: AccessToken) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
+    vault = Vault()
+    assert isinstance(vault, TokenProvider)
+    assert getattr(vault, "renewable", True) is True  # what the stream reads
+
+
+# --------------------------------------------------------------------------------------------
+# The error tree
+
+
+def _every_error() -> list[OhipError]:
+    return [
+        OhipError("x"),
+        ConfigurationError("x"),
+        AuthenticationError("x", status=401, error="invalid_client"),
+        AuthenticationError("x", code=4401),
+        ConnectionRejectedError("x", status=400),
+        RateLimitedError("x", retry_after=120.0),
+        SubscriptionError("x", code=4400, reason="bad chain"),
+        ForbiddenError("x", code=4403),
+        ConsumerConflictError("x", code=4409),
+        ConsumerAlreadyRunningError("x"),
+        ProtocolError("x"),
+        MessageTooLargeError("x", code=1009),
+        EventValidationError("x", raw="{}"),
+        CheckpointError("x"),
+        CheckpointUnavailableError("x"),
+        TransportError("x", status=503),
+        TransportError("x"),
+    ]
+
+
+def test_retriable_is_a_class_attribute_only() -> None:
+    expected = {
+        RateLimitedError: True,
+        TransportError: True,
+        CheckpointUnavailableError: True,
+        ProtocolError: False,
+        MessageTooLargeError: False,
+        AuthenticationError: False,
+        ConnectionRejectedError: False,
+        ConfigurationError: False,
+    }
+    for error in _every_error():
+        assert "retriable" not in vars(error), type(error).__name__
+        assert error.retriable is type(error).retriable
+        if type(error) in expected:
+            assert error.retriable is expected[type(error)], type(error).__name__
+
+
+def test_status_is_http_and_code_is_a_close_code() -> None:
+    refused = AuthenticationError("refused", status=401, error="e", error_description="d")
+    assert (refused.status, refused.code) == (401, None)
+    twice = AuthenticationError("4401 twice", code=4401)
+    assert (twice.status, twice.code) == (None, 4401)
+    assert ConnectionRejectedError("x", status=400).status == 400
+    with pytest.raises(TypeError):
+        ConnectionRejectedError("x")  # type: ignore[call-arg]
+    limited = RateLimitedError("x", retry_after=30.0)
+    assert (limited.status, limited.retry_after) == (429, 30.0)
+    assert TransportError("down", status=503).status == 503
+    assert TransportError("refused").status is None
+    closed = SubscriptionError("x", code=4400, reason="bad chain")
+    assert (closed.code, closed.reason) == (4400, "bad chain")
+    for error in _every_error():
+        status = getattr(error, "status", None)
+        code = getattr(error, "code", None)
+        assert status is None or 100 <= status <= 599, type(error).__name__
+        assert code is None or 1000 <= code <= 4999, type(error).__name__

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from helpers.streams import FAST_TIMINGS, take_offsets
 from ohip_stream import (
     AuthenticationError,
     ConfigurationError,
+    EventStream,
     OAuthClientCredentials,
     OAuthPassword,
     TokenProvider,
@@ -186,3 +188,28 @@ async def test_tls_emulator_needs_its_ca(tmp_path: Path) -> None:
                 await provider.get_token()
         async with client_credentials(emu, verify=cafile) as provider:
             assert (await provider.get_token()).value
+
+
+async def test_a_stream_with_a_provider_never_closed_leaves_no_connection(tmp_path: Path) -> None:
+    # The common use: EventStream(auth=OAuthClientCredentials(...)) without `async with auth`
+    # and without aclose(). The provider must hold no connection to the token endpoint once
+    # the stream is done (an idle one is an unclosed transport: a ResourceWarning).
+    psutil = pytest.importorskip("psutil")
+    async with Emulator(complete_gap=0.2) as emu:
+        await emu.publish(2)
+        auth = client_credentials(emu)
+        async with EventStream(
+            gateway_url=emu.gateway_url,
+            app_key=emu.app_key,
+            chain_code=emu.chain_code,
+            auth=auth,
+            timings=FAST_TIMINGS,
+            lock_dir=tmp_path / "locks",
+        ) as stream:
+            assert await take_offsets(stream, 2) == ["1", "2"]
+        open_to_emulator = [
+            c
+            for c in psutil.Process().net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == emu.port and c.status == psutil.CONN_ESTABLISHED
+        ]
+        assert open_to_emulator == []

@@ -8,7 +8,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ohip_stream._auth import AccessToken, StaticToken, _jwt_claims
+from ohip_stream._auth import AccessToken, StaticToken
+from ohip_stream._auth_tokens import jwt_claims as _jwt_claims
 
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 lifetimes = st.floats(min_value=1e-3, max_value=1e7, allow_nan=False)

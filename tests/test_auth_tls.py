@@ -1,4 +1,5 @@
-"""The token providers over a real socket: TLS verification and network failures."""
+"""The token providers over a real socket: TLS verification, network failures, hostile
+token endpoints (a trickle, a flood) and connections left open."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import contextlib
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from ohip_stream import ConfigurationError, OAuthClientCredentials, TransportError
+from ohip_stream import (
+    AuthenticationError,
+    ConfigurationError,
+    OAuthClientCredentials,
+    TransportError,
+)
 
 trustme = pytest.importorskip("trustme")
 
@@ -123,3 +129,129 @@ async def test_refused_connection_is_a_transport_error() -> None:
         with pytest.raises(TransportError, match="attempt 3 of 3"):
             await provider.get_token()
     assert len(slept) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile token endpoints over plain http on this host: a deadline and a size cap (hardening
+# issue, item 14), and nothing left open after a fetch (first-contact issue: ResourceWarning).
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+TOKEN_ANSWER = json.dumps(
+    {"access_token": "opaque-plain-token", "expires_in": 3600, "token_type": "Bearer"}
+).encode()
+
+
+@contextlib.asynccontextmanager
+async def plain_server(handler: Handler) -> AsyncIterator[str]:
+    """A server on a free local port that answers each connection with ``handler``."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up on the answer
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _no_wait(seconds: float) -> None:
+    pass
+
+
+async def test_a_trickling_answer_is_cut_at_the_deadline() -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Each byte arrives well within the read timeout; the whole never does.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while True:
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    loop = asyncio.get_running_loop()
+    async with plain_server(trickle) as url:
+        provider = _provider(url, deadline=0.3, timeout=5.0, retries=1, sleep=_no_wait)
+        started = loop.time()
+        with pytest.raises(TransportError, match=r"deadline=0\.3 s \(attempt 2 of 2\)") as info:
+            await asyncio.wait_for(provider.get_token(), 5.0)
+        elapsed = loop.time() - started
+    assert info.value.retriable
+    assert 0.6 <= elapsed < 2.0  # two attempts of 0.3 s, not the 5 s read timeout
+
+
+async def test_slow_headers_are_cut_at_the_deadline() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        await writer.drain()
+        await asyncio.Event().wait()
+
+    async with plain_server(silent) as url:
+        provider = _provider(url, deadline=0.2, timeout=5.0, retries=0)
+        with pytest.raises(TransportError, match="deadline"):
+            await asyncio.wait_for(provider.get_token(), 3.0)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_huge_answer_is_refused_at_the_cap(declared: bool) -> None:
+    sent = 0
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        total = 64 * 1024 * 1024
+        if declared:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        while sent < total:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if not declared else chunk)
+            await writer.drain()
+            sent += len(chunk)
+
+    async with plain_server(flood) as url:
+        provider = _provider(url, max_response_size=256 * 1024, retries=0)
+        with pytest.raises(AuthenticationError, match=r"max_response_size=262144") as info:
+            await asyncio.wait_for(provider.get_token(), 5.0)
+    assert info.value.status == 200
+    assert sent < 16 * 1024 * 1024  # the client stopped reading long before the end
+
+
+async def test_nothing_stays_open_after_a_fetch_without_async_with() -> None:
+    closed = asyncio.Event()
+    requests = 0
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        requests += 1
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(TOKEN_ANSWER)
+            + TOKEN_ANSWER
+        )
+        await writer.drain()
+        # A keep-alive answer: the connection stays open until the client closes it (the
+        # request's form body is still unread: read to the end of the stream).
+        await reader.read()
+        closed.set()
+
+    async with plain_server(keep_alive) as url:
+        provider = _provider(url)  # never entered, never closed
+        token = await provider.get_token()
+        assert token.value == "opaque-plain-token"
+        await asyncio.wait_for(closed.wait(), 5.0)
+    assert requests == 1

@@ -2,28 +2,34 @@
 
 Every error the library raises is an :class:`OhipError`; lower-layer errors (httpx, websockets,
 OS, TLS) are mapped onto this tree where they are caught, with ``raise ... from exc``.
-Each class says whether retrying the same operation can help (``retriable``)::
+Each class says whether retrying the same operation can help: ``retriable`` is a class
+attribute, the same for every instance of the class::
 
     OhipError
-    ├── ConfigurationError            bad settings; fix them (not retriable)
-    ├── AuthenticationError           token endpoint refused, or 4401 twice in a row
-    ├── ConnectionRejectedError       HTTP 400 on the WebSocket upgrade (key hash, URL, approval)
-    ├── RateLimitedError              HTTP 429 on the upgrade: too many upgrades (retriable)
-    ├── SubscriptionError             close 4400: the subscription input is invalid
-    ├── ForbiddenError                close 4403
+    ├── ConfigurationError            bad settings; fix them
+    ├── AuthenticationError           token endpoint refused (.status), or 4401 twice (.code)
+    ├── ConnectionRejectedError       HTTP 400 on the WebSocket upgrade (.status)
+    ├── RateLimitedError              HTTP 429 on the upgrade, a wait too long (retriable)
+    ├── SubscriptionError             close 4400: the subscription input is invalid (.code)
+    ├── ForbiddenError                close 4403 (.code)
     ├── ConsumerConflictError         close 4409 more often than ``Timings.max_lockouts``
     ├── ConsumerAlreadyRunningError   the local guard: this stream has a consumer already
-    ├── ProtocolError                 a frame that breaks graphql-transport-ws (retriable)
-    ├── MessageTooLargeError          close 1009: a frame above ``max_message_size``
-    ├── EventValidationError          an event payload that does not fit the model (``.raw``)
+    ├── ProtocolError                 frames that break graphql-transport-ws, again and again
+    ├── MessageTooLargeError          close 1009 again and again at one offset (.code)
+    ├── EventValidationError          an event payload that does not fit the model (.raw)
     ├── CheckpointError               the checkpoint store failed for good (file gone, not a store)
     │   └── CheckpointUnavailableError    a transient store failure: locked, busy (retriable)
-    └── TransportError                network, DNS, abrupt drops (retriable)
+    └── TransportError                network, DNS, timeouts, token endpoint 5xx (retriable)
+
+The attributes mean one thing everywhere: ``status`` is an HTTP status (``None`` when there was
+no HTTP answer), ``code`` a WebSocket close code, ``reason`` the close reason.
 
 Messages never contain secrets: no client secret, password, access token or application key.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = [
     "AuthenticationError",
@@ -48,7 +54,8 @@ class OhipError(Exception):
     """Base class of every error ohip-stream raises."""
 
     #: Whether retrying the same operation later can succeed without a change of configuration.
-    retriable: bool = False
+    #: A property of the class: never set on an instance.
+    retriable: ClassVar[bool] = False
 
 
 class ConfigurationError(OhipError, ValueError):
@@ -58,8 +65,16 @@ class ConfigurationError(OhipError, ValueError):
 class AuthenticationError(OhipError):
     """The token endpoint refused the credentials, or the gateway refused the token twice.
 
-    ``status`` is the HTTP status, ``code`` the close code (4401), ``error`` and
-    ``error_description`` what the server said, when it said anything.
+    Args:
+        message: what failed and what to check.
+        status: the token endpoint's HTTP status (400, 401, 403, ...), when it answered.
+        code: the close code 4401, when the gateway refused a freshly fetched token again
+            (protocol §5: fetch a new token once; if it repeats, fatal).
+        error: the OAuth ``error`` field of the answer, when it had one (redacted).
+        error_description: the OAuth ``error_description`` field, when it had one (redacted).
+
+    Not retriable: the credentials, the application key or the grant need fixing. A token
+    endpoint that is down (HTTP 5xx, 408, 429) raises :class:`TransportError` instead.
     """
 
     def __init__(
@@ -72,36 +87,64 @@ class AuthenticationError(OhipError):
         error_description: str | None = None,
     ) -> None:
         super().__init__(message)
+        #: The HTTP status of the token endpoint's answer, or ``None``.
         self.status = status
+        #: The close code (4401) when the gateway refused the token, or ``None``.
         self.code = code
+        #: The OAuth ``error`` field of the answer, or ``None``.
         self.error = error
+        #: The OAuth ``error_description`` field of the answer, or ``None``.
         self.error_description = error_description
 
 
 class ConnectionRejectedError(OhipError):
-    """HTTP 400 on the upgrade: wrong key hash or URL, unapproved subscription, streaming off."""
+    """The gateway refused the WebSocket upgrade: wrong key hash or URL, unapproved
+    subscription, streaming off (HTTP 400), or an answer that is not the expected protocol.
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    Args:
+        message: what the gateway answered and what to check.
+        status: the HTTP status of the upgrade's answer.
+    """
+
+    def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
+        #: The HTTP status of the upgrade's answer.
         self.status = status
 
 
 class RateLimitedError(OhipError):
-    """HTTP 429 on the upgrade: more than 150 upgrade requests in 2 minutes."""
+    """Too many upgrades (HTTP 429: more than 150 in 2 minutes), and the wait the gateway
+    asked for, or the client's own upgrade budget needs, is longer than
+    ``Timings.max_rate_limited_wait``.
+
+    Retriable: the same connection succeeds once the window has passed.
+
+    Args:
+        message: how long the wait would be and why.
+        status: the HTTP status, 429.
+        retry_after: the wait in seconds, from ``Retry-After`` or the upgrade budget.
+    """
 
     retriable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int = 429, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
+        #: The HTTP status, 429.
+        self.status = status
+        #: Seconds to wait before the next upgrade, when known.
         self.retry_after = retry_after
 
 
 class _CloseCodeError(OhipError):
-    """An error that came from a WebSocket close code."""
+    """An error that came from a WebSocket close code (``code``) and its reason."""
 
     def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
         super().__init__(message)
+        #: The WebSocket close code.
         self.code = code
+        #: The close reason the server sent (at most 123 bytes; redacted).
         self.reason = reason
 
 
@@ -122,15 +165,19 @@ class ConsumerAlreadyRunningError(OhipError):
 
 
 class ProtocolError(OhipError):
-    """A frame broke the graphql-transport-ws protocol, or a command came in the wrong state."""
+    """A frame broke the graphql-transport-ws protocol, or a command came in the wrong state.
 
-    retriable = True
+    Not retriable: the stream reconnects by itself after a malformed frame, and raises this only
+    once the frames at the same offset kept breaking the protocol.
+    """
 
 
 class MessageTooLargeError(_CloseCodeError):
-    """Close 1009: a frame was larger than ``max_message_size``."""
+    """Close 1009: a frame was larger than ``max_message_size``.
 
-    retriable = True
+    Not retriable: the stream reconnects by itself after a 1009, and raises this only once the
+    event at the same offset was too large again and again; raise ``max_message_size``.
+    """
 
 
 class EventValidationError(OhipError):
@@ -146,9 +193,22 @@ class EventValidationError(OhipError):
 
 
 class TransportError(OhipError):
-    """The network failed: refused or dropped connection, DNS, timeout."""
+    """The network failed: refused or dropped connection, DNS, timeout; or the token endpoint
+    is down (HTTP 5xx, 408, 429).
+
+    Retriable.
+
+    Args:
+        message: what failed, where, and after how many attempts.
+        status: the HTTP status, when the failure was an HTTP answer (a token endpoint's 503).
+    """
 
     retriable = True
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        #: The HTTP status of the answer, or ``None`` when there was no HTTP answer.
+        self.status = status
 
 
 class CheckpointError(OhipError):

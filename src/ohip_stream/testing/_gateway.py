@@ -92,6 +92,11 @@ class StartPlan:
     hotels: frozenset[str] | None
     delta: bool
 
+    def passes(self, hotel_id: str | None) -> bool:
+        """Whether an event of ``hotel_id`` is sent: ``hotelCode`` filters, and an event
+        without a hotel (a chain-level record such as a profile) passes no filter (§2)."""
+        return self.hotels is None or hotel_id in self.hotels
+
 
 def hotel_filter(hotel_code: Any) -> frozenset[str] | None:
     """The hotels a ``hotelCode`` input lets through (``None``: every event, protocol §2)."""

@@ -453,7 +453,7 @@ class Session:
         render = renderer(plan.delta, selection)
         prefix = self.frame_prefix
         events = log.events  # appended in place by publish()
-        hotels = plan.hotels
+        passes = plan.passes
         position = plan.position
         sent_since_yield = 0
         try:
@@ -472,8 +472,7 @@ class Session:
                 stored = events[index]
                 position += 1
                 self.scan_position = position
-                # protocol §2: hotelCode filter; chain-level events (no hotel) are excluded
-                if hotels is None or stored.hotel_id in hotels:
+                if passes(stored.hotel_id):  # protocol §2: the hotelCode filter
                     # backpressure: the write is awaited, a slow client slows this loop
                     await send(prefix + render(stored) + "}}}")
                     self._note_sent(stored, position)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -475,3 +478,22 @@ def test_records_tell_whether_two_subscriptions_overlapped() -> None:
     assert not first.overlaps(record(5, "other", 15.0, 16.0))  # another stream
     assert not first.overlaps(record(6, "s", None, 16.0))  # refused: never held the stream
     assert record(7, "s", 5.0, None).overlaps(first)
+
+
+def test_the_rules_need_no_server_stack() -> None:
+    code = (
+        "import sys\n"
+        "import ohip_stream.testing._gateway, ohip_stream.testing._graphql\n"
+        "import ohip_stream.testing._oauth, ohip_stream.testing._eventlog\n"
+        "print(sorted(m for m in ('aiohttp', 'ohip_stream.testing._session') "
+        "if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+    for name in ("_gateway", "_graphql", "_oauth", "_eventlog"):
+        source = Path(__file__).parent.parent / "src/ohip_stream/testing" / f"{name}.py"
+        text = source.read_text(encoding="utf-8")
+        imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in imports if "asyncio" in line or "aiohttp" in line]

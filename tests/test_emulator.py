@@ -712,6 +712,81 @@ async def test_client_close_after_complete_counts_as_completed(emu: Emulator) ->
         assert code == 4409  # inside the gap
 
 
+async def test_complete_without_close_keeps_the_socket_open_and_answers_pings() -> None:
+    clock = FakeClock()
+    async with Emulator(clock=clock, complete_gap=5.0) as emu:
+        await _complete_without_close_scenario(emu, clock)
+
+
+async def _complete_without_close_scenario(emu: Emulator, clock: FakeClock) -> None:
+    assert await emu.complete_without_close() == 0  # nothing subscribed yet
+    await emu.publish(2)
+    async with session(emu) as ws, session(emu) as rival:
+        await ws.send(subscribe_message('chainCode: "OHIPCN"', sub_id="s1"))
+        assert await offsets(ws, 2) == ["1", "2"]
+        assert await emu.complete_without_close() == 1
+        assert json.loads(await recv(ws)) == {"id": "s1", "type": "complete"}
+        await emu.publish(1)  # no event follows the server's complete
+        await nothing_more(ws)
+        await ws.send('{"type":"ping"}')
+        assert json.loads(await recv(ws)) == {"type": "pong"}
+        assert await emu.complete_without_close() == 0  # already completed
+        record = emu.connections[0]
+        assert record.open
+        assert record.server_completed_at is not None
+        assert record.completed_at is None  # the client never sent complete
+        assert (record.events_sent, record.last_offset_sent) == (2, "2")
+        # the stream stays held while the socket is open (protocol §7)
+        await rival.send(subscribe_message('chainCode: "OHIPCN"'))
+        code, reason = await closed(rival)
+        assert code == 4409
+        assert "already has a consumer" in (reason or "")
+        await ws.close()  # the client closes after its drain timeout (1000)
+    first = emu.connections[0]
+    assert (first.close_code, first.closed_by) == (1000, "client")
+    async with session(emu) as again:  # inside the gap counted from the server's complete
+        await again.send(subscribe_message('chainCode: "OHIPCN"'))
+        code, reason = await closed(again)
+        assert code == 4409
+        assert "too soon after complete" in (reason or "")
+    clock.advance(5.0)  # the gap is over
+    async with session(emu) as later:  # resumes after the last event sent
+        await later.send(subscribe_message('chainCode: "OHIPCN"'))
+        assert await offsets(later, 1) == ["3"]
+
+
+async def test_records_tell_whether_subscriptions_of_a_stream_overlapped(emu: Emulator) -> None:
+    async with session(emu) as first:
+        await first.send(subscribe_message('chainCode: "OHIPCN"'))
+        await wait_until(lambda: emu.connections[0].subscribed_at is not None)
+        async with session(emu) as refused:
+            await refused.send(subscribe_message('chainCode: "OHIPCN"'))
+            assert (await closed(refused))[0] == 4409
+        async with session(emu) as other:
+            await other.send(subscribe_message('chainCode: "OTHER"'))
+            await wait_until(lambda: emu.connections[2].subscribed_at is not None)
+    await wait_until(lambda: not emu.connections[0].open)
+    async with session(emu) as after:
+        await after.send(subscribe_message('chainCode: "OHIPCN"'))
+        await wait_until(lambda: emu.connections[3].subscribed_at is not None)
+    await wait_until(lambda: not emu.connections[3].open)
+    records = emu.connections
+    one, two, other_chain, four = records
+    assert one.stream_key == four.stream_key != other_chain.stream_key
+    assert two.stream_key is None  # refused: it never held the stream
+    assert one.subscribed_monotonic is not None
+    assert one.closed_monotonic is not None
+    assert one.subscribed_monotonic <= one.closed_monotonic
+    assert emu.overlapping_subscriptions() == []
+    async with Emulator(fast_replay=True) as lax:  # no one-consumer rule: they overlap
+        async with session(lax) as a, session(lax) as b:
+            for ws in (a, b):
+                await ws.send(subscribe_message('chainCode: "OHIPCN"'))
+            await wait_until(lambda: all(r.subscribed_at for r in lax.connections))
+            pairs = lax.overlapping_subscriptions()
+        assert [(x.id, y.id) for x, y in pairs] == [(1, 2)]
+
+
 # --- pings (protocol §4) -------------------------------------------------------------------------
 
 

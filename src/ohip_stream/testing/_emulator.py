@@ -14,13 +14,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from ohip_stream.testing import _faults
+from ohip_stream.testing._gateway import EmulatorConfig, hash_app_key
+from ohip_stream.testing._handlers import EmulatorServer
+from ohip_stream.testing._oauth import Credentials
 from ohip_stream.testing._records import ConnectionRecord, SubscribeRejection, UpgradeRecord
-from ohip_stream.testing._server import (
-    Credentials,
-    EmulatorConfig,
-    EmulatorServer,
-    hash_app_key,
-)
 
 __all__ = ["Emulator"]
 
@@ -348,7 +346,7 @@ class Emulator:
         """A fresh access token, as the OAuth endpoint would issue it (no HTTP round trip)."""
 
         async def issue() -> str:
-            return self._server.issue_token().value
+            return self._server.issue_token()
 
         return await self._submit(issue)
 
@@ -358,6 +356,20 @@ class Emulator:
     def connections(self) -> list[ConnectionRecord]:
         """One record per WebSocket connection, oldest first (copies, safe to keep)."""
         return [record.snapshot() for record in list(self._server.records)]
+
+    def overlapping_subscriptions(self) -> list[tuple[ConnectionRecord, ConnectionRecord]]:
+        """Every pair of accepted subscriptions of one stream that were open at the same moment.
+
+        Empty while the one-consumer rule held (protocol §7). See
+        :meth:`ConnectionRecord.overlaps`.
+        """
+        records = self.connections
+        return [
+            (first, second)
+            for index, first in enumerate(records)
+            for second in records[index + 1 :]
+            if first.overlaps(second)
+        ]
 
     @property
     def upgrades(self) -> list[UpgradeRecord]:
@@ -373,15 +385,15 @@ class Emulator:
 
     async def drop(self) -> int:
         """Abort every live connection without a close frame (clients see 1006)."""
-        return await self._submit(self._server.drop)
+        return await self._submit(lambda: _faults.drop(self._server))
 
     async def close_with(self, code: int, reason: str = "") -> int:
         """Close every live connection with ``code`` and ``reason`` (1006 means :meth:`drop`)."""
-        return await self._submit(lambda: self._server.close_with(code, reason))
+        return await self._submit(lambda: _faults.close_with(self._server, code, reason))
 
     async def send_raw(self, text: str) -> int:
         """Send ``text`` as one frame, as it is, to every live subscription; returns how many."""
-        return await self._submit(lambda: self._server.send_raw(text))
+        return await self._submit(lambda: _faults.send_raw(self._server, text))
 
     async def send_invalid_event(self) -> str:
         """Send each live subscription a ``next`` (right id) that breaks the schema, no offset.
@@ -390,7 +402,7 @@ class Emulator:
         when no subscription is live (nothing was sent: subscribe first, e.g. by taking an
         event).
         """
-        return await self._submit(self._server.send_invalid_event)
+        return await self._submit(lambda: _faults.send_invalid_event(self._server))
 
     async def send_oversized(self, size: int) -> int:
         """Send each live subscription a valid-looking ``next`` of about ``size`` bytes.
@@ -398,11 +410,11 @@ class Emulator:
         Not stored; it repeats the metadata of the last event sent on that connection (so a
         client that accepts it de-duplicates it). Returns how many were sent.
         """
-        return await self._submit(lambda: self._server.send_oversized(size))
+        return await self._submit(lambda: _faults.send_oversized(self._server, size))
 
     async def expire_tokens(self) -> int:
         """Expire every issued token now and close their connections with 4401."""
-        return await self._submit(self._server.expire_tokens)
+        return await self._submit(lambda: _faults.expire_tokens(self._server))
 
     async def revoke_credentials(self) -> None:
         """Refuse OAuth (401) and every token at ``connection_init`` until restored."""
@@ -424,7 +436,7 @@ class Emulator:
         """Answer the next ``count`` upgrade requests with HTTP ``status``."""
 
         async def reject() -> None:
-            self._server.reject_upgrades(status, count)
+            _faults.reject_upgrades(self._server, status, count)
 
         await self._submit(reject)
 
@@ -434,7 +446,17 @@ class Emulator:
         With ``defer_pong`` the answers to client pings are held until the burst is out, as
         Oracle's backpressure mode does (protocol §4). Returns the offsets.
         """
-        return await self._submit(lambda: self._server.burst(count, defer_pong))
+        return await self._submit(lambda: _faults.burst(self._server, count, defer_pong))
+
+    async def complete_without_close(self) -> int:
+        """Send ``complete`` for every live subscription and keep the sockets open.
+
+        The server stops sending events on those connections but goes on answering pings and
+        never closes them itself (until its idle or token timers do): the client must close
+        after its drain timeout. The stream stays held until the socket closes, and the gap
+        after ``complete`` is counted from this moment. Returns how many subscriptions got it.
+        """
+        return await self._submit(lambda: _faults.complete_without_close(self._server))
 
     async def restart(self) -> None:
         """Abort every connection and listen again on the same port; logs, tokens, keys kept."""

@@ -8,6 +8,7 @@ on the emulator's clock (``clock=``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +29,14 @@ class ConnectionRecord:
     client closed or vanished (then ``close_code`` is 1006), ``"server"`` when the emulator
     closed, ``"abort"`` when the emulator dropped the connection on purpose
     (``drop()``, ``restart()``).
+
+    ``stream_key`` (the stream's id, as the ``connection`` query reports it),
+    ``subscribed_monotonic`` and ``closed_monotonic`` (``time.monotonic()`` seconds, whatever the
+    emulator clock does) tell when an accepted subscription started and when its socket began to
+    close, which is when the emulator stops counting it as the stream's holder: :meth:`overlaps`
+    uses them to tell whether two subscriptions of one stream were ever open at once.
+    ``server_completed_at`` is when the emulator sent ``complete`` itself
+    (``complete_without_close()``).
     """
 
     id: int
@@ -50,6 +59,10 @@ class ConnectionRecord:
     last_offset_sent: str | None = None
     pings_received: int = 0
     pongs_sent: int = 0
+    stream_key: str | None = None
+    subscribed_monotonic: float | None = None
+    closed_monotonic: float | None = None
+    server_completed_at: float | None = None
 
     @property
     def message_types(self) -> list[str]:
@@ -60,6 +73,20 @@ class ConnectionRecord:
     def open(self) -> bool:
         """Whether the connection was still open when this snapshot was taken."""
         return self.closed_by is None
+
+    def overlaps(self, other: ConnectionRecord) -> bool:
+        """Whether this subscription and ``other`` held the same stream at the same moment.
+
+        Both must have been accepted (refused subscriptions hold nothing, protocol §7); a
+        subscription still open counts as open until now.
+        """
+        if self.stream_key is None or self.stream_key != other.stream_key:
+            return False
+        if self.subscribed_monotonic is None or other.subscribed_monotonic is None:
+            return False
+        end = self.closed_monotonic if self.closed_monotonic is not None else math.inf
+        other_end = other.closed_monotonic if other.closed_monotonic is not None else math.inf
+        return self.subscribed_monotonic < other_end and other.subscribed_monotonic < end
 
     def snapshot(self) -> ConnectionRecord:
         """A copy that later changes on the server do not touch."""

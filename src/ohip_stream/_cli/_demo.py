@@ -25,15 +25,16 @@ from rich.text import Text
 
 from ohip_stream._auth import OAuthClientCredentials
 from ohip_stream._checkpoints import MemoryCheckpointStore
-from ohip_stream._cli_common import (
+from ohip_stream._cli._common import (
     format_reconnects,
     one_line,
     require_emulator_extra,
     setup_logging,
     write_line,
 )
+from ohip_stream._cli._render import HEADER, event_line
+from ohip_stream._cli._status import StatusLine
 from ohip_stream._exceptions import ConfigurationError
-from ohip_stream._models import Event
 from ohip_stream._stream import EventStream
 from ohip_stream._timings import Timings
 
@@ -43,21 +44,13 @@ HARD_CAP = 60.0  # seconds: the demo never runs longer than this (default run)
 EMULATOR_COMPLETE_GAP = 0.5
 AUTH_MARGIN = 1.0
 
-_MODULE_STYLES = {
-    "RESERVATION": "bright_cyan",
-    "PROFILE": "bright_magenta",
-    "HOUSEKEEPING": "bright_green",
-    "BLOCK": "bright_yellow",
-    "CASHIERING": "bright_blue",
-}
-
 
 @dataclass
 class DemoOptions:
     events: int = 200
     seconds: float = 20.0
     json: bool = False
-    verbose: bool = False
+    verbose: int = 0
     seed: int = 0
 
 
@@ -119,55 +112,7 @@ class _Run:
     dropped: bool = False
     timed_out: bool = False
     interrupted: bool = False
-
-
-def _changes(event: Event, limit: int = 3) -> Text:
-    text = Text()
-    changed = event.changed_elements()
-    for i, element in enumerate(changed[:limit]):
-        if i:
-            text.append(", ", style="dim")
-        text.append(element.element_name, style="bold")
-        old = element.old_text or ""
-        if old:
-            text.append(f" {old}", style="red")
-        text.append(" -> ", style="dim")
-        text.append(element.new_text or "''", style="green")
-    if len(changed) > limit:
-        text.append(f" (+{len(changed) - limit} more)", style="dim")
-    return text
-
-
-def _event_line(event: Event, width: int) -> Text:
-    line = Text(no_wrap=True, overflow="ellipsis")
-    line.append(time.strftime("%H:%M:%S"), style="dim")
-    line.append(f" {event.metadata.offset:>6} ", style="cyan")
-    module = event.module_name
-    line.append(f"{module:<12.12} ", style=_MODULE_STYLES.get(module, "white"))
-    line.append(f"{event.event_name:<20.20} ", style="bold")
-    line.append(f"{(event.hotel_id or 'chain'):<7.7} ", style="magenta")
-    line.append(f"{event.primary_key:<9.9}", style="dim")
-    changes = _changes(event)
-    if not changes:
-        changes = Text("(no change)", style="dim")
-    if width >= _INLINE_WIDTH:
-        line.append(" ")
-        line.append_text(changes)
-    else:
-        line.append("\n" + " " * 16)
-        line.append_text(changes)
-    return line
-
-
-# Below this many columns the changes go on a line of their own.
-_INLINE_WIDTH = 120
-
-_HEADER = Text(
-    f"{'time':<8} {'offset':>6} {'module':<12} {'event':<20} {'hotel':<7} {'key':<9} changes",
-    style="bold underline",
-    no_wrap=True,
-    overflow="ellipsis",
-)
+    signal: int | None = None
 
 
 class _View:
@@ -194,13 +139,10 @@ class _View:
             self.console.print(text)
 
 
-def _footer(run: _Run, stream: EventStream, plan: DemoPlan, started: float, total: int) -> Panel:
-    stats = stream.stats
-    state = (
-        Text("connected", style="green")
-        if stats.connected_since is not None
-        else Text("reconnecting", style="yellow")
-    )
+def _footer(run: _Run, status: StatusLine, plan: DemoPlan, started: float, total: int) -> Panel:
+    stats = status.stream.stats
+    name = status.state()
+    state = Text(name, style="green" if name == "live" else "yellow")
     body = Text.assemble(
         state,
         f"  received {len(run.received)}/{len(run.published)} published (of {total})",
@@ -258,7 +200,7 @@ async def _demo(options: DemoOptions, view: _View) -> int:
                     border_style="cyan",
                 )
             )
-            view.console.print(_HEADER, no_wrap=True, overflow="ellipsis")
+            view.console.print(HEADER, no_wrap=True, overflow="ellipsis")
 
         async def publish() -> None:
             interval = options.seconds / options.events
@@ -284,8 +226,11 @@ async def _demo(options: DemoOptions, view: _View) -> int:
                 await asyncio.sleep(min(0.1, interval))
             run.publishing_done = True
 
-        def interrupt() -> None:
+        status = StatusLine(stream)
+
+        def interrupt(sig: int) -> None:
             run.interrupted = True
+            run.signal = run.signal or sig
             stream.request_stop()
 
         async def watch() -> None:
@@ -306,7 +251,7 @@ async def _demo(options: DemoOptions, view: _View) -> int:
                         view.note(f"-- reconnecting after {cause}", style="yellow")
                 reconnects = dict(stats.reconnects)
                 if view.live is not None:
-                    view.live.update(_footer(run, stream, plan, started, options.events))
+                    view.live.update(_footer(run, status, plan, started, options.events))
                 if run.publishing_done and set(run.published) <= run.received.keys():
                     stream.request_stop()
                     return
@@ -319,11 +264,11 @@ async def _demo(options: DemoOptions, view: _View) -> int:
         handled: list[signal.Signals] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, interrupt)
+                loop.add_signal_handler(sig, interrupt, sig)
                 handled.append(sig)
         live = (
             Live(
-                _footer(run, stream, plan, started, options.events),
+                _footer(run, status, plan, started, options.events),
                 console=view.console,
                 refresh_per_second=8,
                 transient=True,
@@ -351,7 +296,7 @@ async def _demo(options: DemoOptions, view: _View) -> int:
                         )
                     else:
                         view.console.print(
-                            _event_line(event, view.console.width),
+                            event_line(event, view.console.width),
                             no_wrap=True,
                             overflow="ellipsis",
                         )
@@ -370,7 +315,8 @@ async def _demo(options: DemoOptions, view: _View) -> int:
         summary = _summary(run, stream, log, emu, time.monotonic() - started)
     _show_summary(view, summary)
     if run.interrupted:
-        return 130
+        # SIGINT (Ctrl-C): interrupted; SIGTERM: a requested stop (the exit code table).
+        return 130 if run.signal == signal.SIGINT else 0
     return 1 if summary["lost"] else 0
 
 
@@ -451,7 +397,7 @@ def run_demo(options: DemoOptions) -> int:
         )
     view = _View(options.json)
     if options.verbose:
-        setup_logging(True, stream=sys.stderr)
+        setup_logging(options.verbose, stream=sys.stderr)
     else:
-        setup_logging(False, sink=view.log_record)
+        setup_logging(0, sink=view.log_record)
     return asyncio.run(_demo(options, view))

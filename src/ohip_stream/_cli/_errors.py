@@ -57,6 +57,9 @@ _CREDENTIALS_CLI = (
     "check OHIP_CLIENT_ID, OHIP_CLIENT_SECRET and OHIP_APP_KEY (and OHIP_USERNAME and "
     "OHIP_PASSWORD for the password grant)"
 )
+# The gateway's own description of a 401 may name the application key.
+_MENTIONS_APP_KEY = re.compile(r"(?i)\b(?:x-)?app[- _]?key\b")
+_APP_KEY_CLI = "check OHIP_APP_KEY: the application key registered for this environment"
 
 
 def cli_message(error: BaseException) -> str:
@@ -67,7 +70,8 @@ def cli_message(error: BaseException) -> str:
     for pattern in _DROPPED:
         text = pattern.sub("", text)
     if isinstance(error, AuthenticationError):
-        text = _CREDENTIALS_HINT.sub(_CREDENTIALS_CLI, text)
+        hint = _APP_KEY_CLI if _MENTIONS_APP_KEY.search(text) else _CREDENTIALS_CLI
+        text = _CREDENTIALS_HINT.sub(hint, text)
     for pattern, replacement in _RENAMES:
         text = pattern.sub(replacement, text)
     return text

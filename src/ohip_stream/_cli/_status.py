@@ -134,5 +134,5 @@ class StatusLine:
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
-            self.report()
             await asyncio.sleep(interval)
+            self.report()

@@ -66,32 +66,37 @@ def run(argv: list[str], prog: str = PROG) -> int:
             return EXIT_CONFIGURATION
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         return _fail(f"{exc.format_message()}{hint}", EXIT_CONFIGURATION)
-    except _cx.ClickException as exc:
-        return _fail(exc.format_message(), exc.exit_code)
     except _INTERRUPTS:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
-    except MissingExtraError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return EXIT_CONFIGURATION
-    except ConfigurationError as exc:
-        return _fail(cli_message(exc), EXIT_CONFIGURATION)
-    except OhipError as exc:
-        return _fail(cli_message(exc), EXIT_ERROR)
-    except (BrokenPipeError, ReaderGoneError):
-        _silence_stdout()
-        return 0
-    except OverflowError as exc:  # a number too large for the system (a port, a count)
-        return _fail(f"a value is out of range: {exc}", EXIT_CONFIGURATION)
-    except OSError as exc:  # a path given on the command line that the system refuses
-        return _fail(os_error_message(exc), EXIT_CONFIGURATION)
-    except Exception as exc:  # a bug: say what it is in one line; --verbose shows where
-        return _fail(f"unexpected {type(exc).__name__}: {exc}", EXIT_ERROR)
+    except Exception as exc:
+        return _failed(exc)
     finally:
         reset_logging()
-    if isinstance(result, int):
-        return result
-    return 0
+    return result if isinstance(result, int) else 0
+
+
+def _failed(exc: Exception) -> int:
+    """The line and the exit code of an error that ended a command (called while handling it,
+    so that ``--verbose`` can show its traceback)."""
+    if isinstance(exc, _cx.ClickException):
+        return _fail(exc.format_message(), exc.exit_code)
+    if isinstance(exc, MissingExtraError):
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIGURATION
+    if isinstance(exc, ConfigurationError):
+        return _fail(cli_message(exc), EXIT_CONFIGURATION)
+    if isinstance(exc, OhipError):
+        return _fail(cli_message(exc), EXIT_ERROR)
+    if isinstance(exc, (BrokenPipeError, ReaderGoneError)):
+        _silence_stdout()
+        return 0
+    if isinstance(exc, OverflowError):  # a number too large for the system (a port, a count)
+        return _fail(f"a value is out of range: {exc}", EXIT_CONFIGURATION)
+    if isinstance(exc, OSError):  # a path given on the command line that the system refuses
+        return _fail(os_error_message(exc), EXIT_CONFIGURATION)
+    # A bug: say what it is in one line; --verbose shows where.
+    return _fail(f"unexpected {type(exc).__name__}: {exc}", EXIT_ERROR)
 
 
 def _fail(message: object, code: int) -> int:

@@ -145,6 +145,42 @@ def test_the_emulator_command_leaves_a_users_env_alone(
 
 
 @pytest.mark.parametrize(
+    ("message", "present", "absent"),
+    [
+        (
+            "HTTP 404; check gateway_url: the token endpoint is <gateway_url>/oauth/v1/tokens",
+            "check --gateway-url (or OHIP_GATEWAY_URL)",
+            "gateway_url",
+        ),
+        (
+            "verify='/x.pem' is not a readable PEM CA file",
+            "--ca-file (or OHIP_CA_FILE) '/x.pem'",
+            "=",
+        ),
+        (
+            "gateway_url uses plain http for gw: Use https, or pass allow_insecure=True for a test",
+            "Use https",
+            "allow_insecure",
+        ),
+    ],
+)
+def test_urls_and_files_are_named_as_options(message: str, present: str, absent: str) -> None:
+    text = cli_message(ConfigurationError(message))
+    assert present in text
+    assert absent not in text
+
+
+def test_an_address_in_use_is_not_a_path_problem() -> None:
+    import errno
+
+    from ohip_stream._cli._errors import os_error_message
+
+    text = os_error_message(OSError(errno.EADDRINUSE, "Address already in use"))
+    assert "check the paths given" not in text
+    assert "check the paths given" in os_error_message(PermissionError(13, "denied", "/x"))
+
+
+@pytest.mark.parametrize(
     ("error", "present", "absent"),
     [
         (

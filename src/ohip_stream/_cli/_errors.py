@@ -32,11 +32,13 @@ _RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\block_dir=(?= )", "--lock-dir (or OHIP_LOCK_DIR)"),
         (r"\block_dir\b=?", "--lock-dir (or OHIP_LOCK_DIR)"),
         (r"\bpass verify= with\b", "pass --ca-file (or OHIP_CA_FILE) with"),
-        (r"\bverify=(?:\S*)", "--ca-file (or OHIP_CA_FILE)"),
+        (r"\bverify=", "--ca-file (or OHIP_CA_FILE) "),
         (r"\bssl CA file\b", "--ca-file (OHIP_CA_FILE)"),
         (r"\bapp_key=?(?= is required)", "OHIP_APP_KEY"),
         (r"\bapp_key=", "OHIP_APP_KEY"),
         (r"\bchain_code\b=?", "the chain code (--chain-code or OHIP_CHAIN_CODE)"),
+        (r"<gateway_url>", "<OHIP_GATEWAY_URL>"),
+        (r"\bcheck gateway_url\b", "check --gateway-url (or OHIP_GATEWAY_URL)"),
         (r"\bgateway_url\b=?", "the gateway URL (--gateway-url or OHIP_GATEWAY_URL)"),
         (r"\benterprise_id\b=?", "the enterprise id (--enterprise-id or OHIP_ENTERPRISE_ID)"),
         (r"\bclient_id= and client_secret=", "OHIP_CLIENT_ID and OHIP_CLIENT_SECRET"),
@@ -82,8 +84,8 @@ def os_error_message(error: OSError) -> str:
     reason = error.strerror or str(error)
     name = error.filename
     where = f" ({name})" if name and len(str(name)) < 120 else ""
-    if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError)):
-        return f"{reason}{where}: check the paths given"
-    if isinstance(error, NotADirectoryError):
+    # Only errors about a path point at the paths; "address already in use" and the like do not.
+    path_errors = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+    if isinstance(error, path_errors):
         return f"{reason}{where}: check the paths given"
     return f"{reason}{where}"

@@ -519,3 +519,18 @@ def test_a_guard_held_checkpoint_set_is_one_line(
         code, _, err = run(["checkpoint", "set", "5"], capsys)
     assert code == 1
     assert "standby=True" not in one_error(err)
+
+
+def test_a_long_wait_is_reported_every_ten_seconds_then_every_second() -> None:
+    import io
+
+    now = [1000.0]
+    waiting = SimpleNamespace(reason="lockout", until=1120.0, detail=None)
+    out = io.StringIO()
+    status = StatusLine(FakeStream("waiting", waiting), out, clock=lambda: now[0])
+    for second in range(121):
+        now[0] = 1000.0 + second
+        status.report()
+    lines = out.getvalue().splitlines()
+    assert 20 <= len(lines) <= 25  # 11 steps of 10 s, then 10 of a second
+    assert "1 s left" in lines[-1] or "0 s left" in lines[-1]

@@ -118,9 +118,17 @@ class StatusLine:
             self.state(),
             stats.duplicates,
             stats.gaps,
-            # A wait changes every second (its countdown).
-            None if waiting is None else (getattr(waiting, "reason", None), self._clock() // 1),
+            None if waiting is None else (getattr(waiting, "reason", None), self._tick(waiting)),
         )
+
+    def _tick(self, waiting: Any) -> int:
+        """Which step of a wait's countdown this is: every 10 s, every second in the last 10 s
+        (a line a second through a 2-minute lockout would bury the rest)."""
+        until = getattr(waiting, "until", None)
+        if not isinstance(until, (int, float)):
+            return 0
+        rest = max(0.0, until - self._clock())
+        return int(rest) if rest < 10 else 10 + int(rest // 10)
 
     def report(self, *, final: bool = False) -> None:
         """Write the line when something changed (always when ``final``)."""

@@ -104,3 +104,74 @@ def test_bad_timing_variable_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path:
     _env(monkeypatch, **BASE, ENTERPRISE_ID="ENT1", TIMINGS__PING_INTERVAL="abc")
     with pytest.raises(ConfigurationError, match="OHIP_TIMINGS__PING_INTERVAL"):
         OhipSettings.load()
+
+
+@pytest.mark.parametrize("value", ["x", "{", "10", '{"bogus": 1}'])
+def test_a_bad_timings_group_variable_names_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _env(monkeypatch, **BASE, ENTERPRISE_ID="ENT1", TIMINGS=value)
+    with pytest.raises(ConfigurationError, match="OHIP_TIMINGS") as caught:
+        OhipSettings.load()
+    assert "SettingsError" not in repr(caught.value)
+
+
+def test_every_timings_field_has_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Values that differ from the defaults, one per field: each must arrive in Timings.
+    monkeypatch.chdir(tmp_path)
+    chosen: dict[str, object] = {}
+    for name, info in Timings.model_fields.items():
+        default = info.default
+        if name == "upgrade_budget":
+            chosen[name], text = (100, 60.0), "[100, 60]"
+        elif name.startswith("max_"):
+            chosen[name], text = 7, "7"
+        elif name == "ping_interval":
+            chosen[name], text = 12.0, "12"
+        else:
+            chosen[name] = float(default) * 2
+            text = str(chosen[name])
+        monkeypatch.setenv(f"OHIP_TIMINGS__{name.upper()}", text)
+    timings = OhipSettings.load(env_file=None).make_timings()
+    for name, value in chosen.items():
+        assert getattr(timings, name) == value, name
+
+
+def test_an_unknown_timings_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _env(monkeypatch, **BASE, TIMINGS__PING_INTERVALL="5")
+    with pytest.raises(ConfigurationError, match="OHIP_TIMINGS__PING_INTERVALL"):
+        OhipSettings.load(env_file=None)
+
+
+def test_an_unknown_override_is_a_configuration_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _env(monkeypatch, **BASE, ENTERPRISE_ID="ENT1")
+    overrides: dict[str, object] = {"chain_code": "OTHER", "bogus_option": True}
+    with pytest.raises(ConfigurationError, match="bogus_option"):
+        EventStream.from_env(**overrides)
+    with pytest.raises(ConfigurationError, match="bogus_option"):
+        OhipSettings.load(env_file=None).event_stream(**overrides)
+
+
+def test_stream_overrides_lists_every_public_keyword_of_event_stream() -> None:
+    import inspect
+
+    from ohip_stream._settings import StreamOverrides
+
+    test_hooks = {"clock", "sleep", "rng"}
+    keywords = {
+        name
+        for name, parameter in inspect.signature(EventStream.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    declared = StreamOverrides.__optional_keys__
+    assert declared == keywords - test_hooks
+    assert not StreamOverrides.__required_keys__

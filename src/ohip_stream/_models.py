@@ -45,7 +45,11 @@ class EventMetadata(BaseModel):
     model_config = _MODEL_CONFIG
 
     offset: str
+    """The event's position in the chain's stream (``offset`` on the wire): consecutive digits
+    kept as a string, such as ``"193"``. Persist it after processing to resume after it."""
     unique_event_id: str
+    """A unique id of the event (``uniqueEventId``): the same event replayed after a reconnect
+    has the same id, so it is the key for de-duplication downstream."""
 
 
 class EventDetail(BaseModel):
@@ -58,13 +62,24 @@ class EventDetail(BaseModel):
     model_config = _MODEL_CONFIG
 
     element_name: str
+    """The element's name (``elementName``), such as ``ARRIVAL DATE``; collections repeat it."""
     new_value: str | None = None
+    """The value after the change (``newValue``), as sent: HTML entities are not decoded (see
+    :attr:`new_text`)."""
     old_value: str | None = None
+    """The value before the change (``oldValue``); ``""`` for a new record."""
     scope_from: str | None = None
+    """The first date the value applies to (``scopeFrom``, ``YYYY-MM-DD``), for date-ranged
+    elements such as a rate."""
     scope_to: str | None = None
+    """The last date the value applies to (``scopeTo``, ``YYYY-MM-DD``)."""
     element_sequence: str | None = None
+    """``elementSequence``: with :attr:`element_type` and :attr:`element_role`, tells which
+    item of a collection (several phone numbers, several rates) the element belongs to."""
     element_type: str | None = None
+    """``elementType``: correlates the items of a collection (see :attr:`element_sequence`)."""
     element_role: str | None = None
+    """``elementRole``: correlates the items of a collection (see :attr:`element_sequence`)."""
 
     @property
     def changed(self) -> bool:
@@ -88,17 +103,30 @@ class Event(BaseModel):
     model_config = _MODEL_CONFIG
 
     metadata: EventMetadata
+    """The event's offset and unique id (see :class:`EventMetadata`)."""
     module_name: str
+    """The OPERA module that raised the event (``moduleName``), such as ``RESERVATION``."""
     event_name: str
+    """What happened (``eventName``), such as ``CHECK IN`` or ``UPDATE RESERVATION``."""
     primary_key: str
+    """The id of the changed record (``primaryKey``), such as a reservation id: what a
+    follow-up REST call asks for."""
     timestamp: str
+    """When the change happened (``timestamp``), as the gateway formats it; see
+    :attr:`occurred_at` for a ``datetime``."""
     hotel_id: str | None = None
+    """The property the event belongs to (``hotelId``); ``None`` for chain-level events."""
     publisher_id: str | None = None
+    """The publisher of the event (``publisherId``), when the gateway sends one."""
     action_instance_id: str | None = None
+    """The id of the action instance that produced the event (``actionInstanceId``), when the
+    gateway sends one; one user action can emit several events."""
     # The schema allows null items in the list ([EventDetail]!); they are kept as they came.
     # Not strict: the wire's list (a decoded frame, ``model_dump(mode="json")``) becomes a tuple;
     # each item stays strict.
     detail: tuple[EventDetail | None, ...] = Field(default=(), strict=False)
+    """The data elements of the changed record (``detail``), in the order sent; with ``delta``
+    only the changed ones. See :meth:`element`, :meth:`value` and :meth:`changed_elements`."""
 
     @property
     def offset(self) -> str:

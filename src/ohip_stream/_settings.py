@@ -16,17 +16,21 @@ variable                      meaning
 ``OHIP_CHECKPOINT_DB``        SQLite file for checkpoints (default: in memory)
 ``OHIP_LOCK_DIR``             directory of the one-consumer lock files
 ``OHIP_TIMINGS__<FIELD>``     any :class:`~ohip_stream.Timings` field, e.g.
-                              ``OHIP_TIMINGS__PING_INTERVAL=10``
+                              ``OHIP_TIMINGS__PING_INTERVAL=10`` (one variable per
+                              field, generated from the fields)
 ============================  =====================================================
 """
 
 from __future__ import annotations
 
+import re
+import ssl
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, create_model
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import register_secret
@@ -34,28 +38,60 @@ from ohip_stream._timings import Timings
 
 if TYPE_CHECKING:
     from ohip_stream._auth import TokenProvider
-    from ohip_stream._stream import EventStream
+    from ohip_stream._checkpoints import CheckpointStore
+    from ohip_stream._stream import EventStream, InvalidHandler
 
-__all__ = ["OhipSettings"]
+__all__ = ["OhipSettings", "StreamOverrides"]
 
 
-class _TimingsEnv(BaseModel):
-    """``OHIP_TIMINGS__<FIELD>`` values; unset fields keep Oracle's defaults."""
+class StreamOverrides(TypedDict, total=False):
+    """The keyword arguments of :class:`~ohip_stream.EventStream`, every one optional: what
+    ``EventStream.from_env(**overrides)`` accepts on top of the ``OHIP_*`` variables."""
 
-    model_config = ConfigDict(extra="forbid")
+    gateway_url: str
+    app_key: str
+    chain_code: str
+    auth: TokenProvider
+    checkpoints: CheckpointStore | None
+    offset: str | None
+    start_at_highest: bool
+    delta: bool
+    hotel_codes: Sequence[str] | str | None
+    timings: Timings | None
+    ssl: ssl.SSLContext | str | Path | None
+    proxy: str | None
+    max_message_size: int | None
+    queue_size: int
+    on_invalid: Literal["raise", "skip"] | InvalidHandler
+    dedup_window: int | None
+    commit_every: int
+    commit_interval: float
+    guard_scope: Literal["stream", "app_key"]
+    lock_dir: str | Path | None
+    standby: bool
+    allow_insecure: bool
 
-    ping_interval: float | None = None
-    rotate_after: float | None = None
-    complete_gap: float | None = None
-    lockout: float | None = None
-    drop_wait: float | None = None
-    backoff_min: float | None = None
-    backoff_max: float | None = None
-    liveness_timeout: float | None = None
-    drain_timeout: float | None = None
-    init_timeout: float | None = None
-    upgrade_budget: tuple[int, float] | None = None
-    max_lockouts: int | None = None
+
+_OVERRIDES = StreamOverrides.__optional_keys__ | StreamOverrides.__required_keys__
+
+
+def _timings_env_model() -> type[BaseModel]:
+    """A model of the ``OHIP_TIMINGS__<FIELD>`` variables, one optional field per
+    :class:`Timings` field (unset: the default); an unknown field is an error."""
+    fields: dict[str, Any] = {
+        name: (cast(Any, info.annotation) | None, None)
+        for name, info in Timings.model_fields.items()
+    }
+    return create_model("TimingsEnv", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+if TYPE_CHECKING:
+
+    class _TimingsEnv(BaseModel):
+        """``OHIP_TIMINGS__<FIELD>`` values (generated from :class:`Timings`' fields)."""
+
+else:
+    _TimingsEnv = _timings_env_model()
 
 
 class OhipSettings(BaseSettings):
@@ -92,6 +128,8 @@ class OhipSettings(BaseSettings):
             settings = cls(_env_file=env_file, **values)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        except SettingsError as exc:
+            raise ConfigurationError(_describe_settings_error(exc)) from None
         register_secret(
             *(
                 s.get_secret_value()
@@ -161,8 +199,17 @@ class OhipSettings(BaseSettings):
         return SQLiteCheckpointStore(self.checkpoint_db) if self.checkpoint_db else None
 
     def event_stream(self, **overrides: Any) -> EventStream:
-        """An :class:`EventStream` that owns the provider and store made here."""
+        """An :class:`EventStream` that owns the provider and store made here; ``overrides``
+        (a :class:`StreamOverrides`) replace what the variables say. An unknown keyword is a
+        :class:`ConfigurationError` naming it."""
         from ohip_stream._stream import EventStream
+
+        unknown = sorted(set(overrides) - _OVERRIDES)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown EventStream option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)}: the options are {', '.join(sorted(_OVERRIDES))}"
+            )
 
         self.require("gateway_url", "app_key", "chain_code")
         assert self.gateway_url is not None
@@ -191,6 +238,22 @@ class OhipSettings(BaseSettings):
         stream = EventStream(**kwargs)
         stream._adopt(*owned)
         return stream
+
+
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([A-Za-z_]+)"')
+
+
+def _describe_settings_error(exc: SettingsError) -> str:
+    # pydantic-settings could not decode a variable (OHIP_TIMINGS=x: not JSON for a group).
+    match = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+    name = f"OHIP_{match.group(1).upper()}" if match else "an OHIP_* variable"
+    if match and match.group(1) == "timings":
+        example = next(iter(Timings.model_fields)).upper()
+        return (
+            f"invalid configuration: {name} cannot be read; set one variable per timing, such "
+            f"as OHIP_TIMINGS__{example}=10 (and unset {name})"
+        )
+    return f"invalid configuration: {name} cannot be read: {exc}"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -4,8 +4,9 @@ The command line needs the ``cli`` extra (Typer, Rich, python-dotenv); ``demo`` 
 also need the ``emulator`` extra (aiohttp). Without them the entry point prints one line saying
 which extra to install, never a traceback.
 
-Exit codes: 0 success; 1 a runtime error (authentication refused, connection rejected, another
-consumer running, events lost in the demo); 2 a configuration or usage error; 130 interrupted.
+Exit codes: 0 success (a SIGTERM stop included); 1 a runtime error (authentication refused,
+connection rejected, another consumer running, events lost in the demo); 2 a configuration or
+usage error; 130 interrupted (Ctrl-C, SIGINT).
 :func:`main` runs the command line in-process and returns the exit code (for tests).
 """
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not _has_cli_extra():
         sys.stderr.write(CLI_EXTRA_HINT + "\n")
         return 2
-    from ohip_stream._cli_app import run
+    from ohip_stream._cli._app import run
 
     return run(list(sys.argv[1:] if argv is None else argv))
 

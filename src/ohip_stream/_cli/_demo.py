@@ -25,13 +25,15 @@ from rich.text import Text
 
 from ohip_stream._auth import OAuthClientCredentials
 from ohip_stream._checkpoints import MemoryCheckpointStore
-from ohip_stream._cli_common import (
+from ohip_stream._cli._common import (
     format_reconnects,
     one_line,
     require_emulator_extra,
     setup_logging,
     write_line,
 )
+from ohip_stream._cli._render import HEADER, event_line
+from ohip_stream._cli._status import StatusLine
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._models import Event
 from ohip_stream._stream import EventStream
@@ -43,21 +45,13 @@ HARD_CAP = 60.0  # seconds: the demo never runs longer than this (default run)
 EMULATOR_COMPLETE_GAP = 0.5
 AUTH_MARGIN = 1.0
 
-_MODULE_STYLES = {
-    "RESERVATION": "bright_cyan",
-    "PROFILE": "bright_magenta",
-    "HOUSEKEEPING": "bright_green",
-    "BLOCK": "bright_yellow",
-    "CASHIERING": "bright_blue",
-}
-
 
 @dataclass
 class DemoOptions:
     events: int = 200
     seconds: float = 20.0
     json: bool = False
-    verbose: bool = False
+    verbose: int = 0
     seed: int = 0
 
 
@@ -119,55 +113,7 @@ class _Run:
     dropped: bool = False
     timed_out: bool = False
     interrupted: bool = False
-
-
-def _changes(event: Event, limit: int = 3) -> Text:
-    text = Text()
-    changed = event.changed_elements()
-    for i, element in enumerate(changed[:limit]):
-        if i:
-            text.append(", ", style="dim")
-        text.append(element.element_name, style="bold")
-        old = element.old_text or ""
-        if old:
-            text.append(f" {old}", style="red")
-        text.append(" -> ", style="dim")
-        text.append(element.new_text or "''", style="green")
-    if len(changed) > limit:
-        text.append(f" (+{len(changed) - limit} more)", style="dim")
-    return text
-
-
-def _event_line(event: Event, width: int) -> Text:
-    line = Text(no_wrap=True, overflow="ellipsis")
-    line.append(time.strftime("%H:%M:%S"), style="dim")
-    line.append(f" {event.metadata.offset:>6} ", style="cyan")
-    module = event.module_name
-    line.append(f"{module:<12.12} ", style=_MODULE_STYLES.get(module, "white"))
-    line.append(f"{event.event_name:<20.20} ", style="bold")
-    line.append(f"{(event.hotel_id or 'chain'):<7.7} ", style="magenta")
-    line.append(f"{event.primary_key:<9.9}", style="dim")
-    changes = _changes(event)
-    if not changes:
-        changes = Text("(no change)", style="dim")
-    if width >= _INLINE_WIDTH:
-        line.append(" ")
-        line.append_text(changes)
-    else:
-        line.append("\n" + " " * 16)
-        line.append_text(changes)
-    return line
-
-
-# Below this many columns the changes go on a line of their own.
-_INLINE_WIDTH = 120
-
-_HEADER = Text(
-    f"{'time':<8} {'offset':>6} {'module':<12} {'event':<20} {'hotel':<7} {'key':<9} changes",
-    style="bold underline",
-    no_wrap=True,
-    overflow="ellipsis",
-)
+    signal: int | None = None
 
 
 class _View:
@@ -194,13 +140,10 @@ class _View:
             self.console.print(text)
 
 
-def _footer(run: _Run, stream: EventStream, plan: DemoPlan, started: float, total: int) -> Panel:
-    stats = stream.stats
-    state = (
-        Text("connected", style="green")
-        if stats.connected_since is not None
-        else Text("reconnecting", style="yellow")
-    )
+def _footer(run: _Run, status: StatusLine, plan: DemoPlan, started: float, total: int) -> Panel:
+    stats = status.stream.stats
+    name = status.state()
+    state = Text(name, style="green" if name == "live" else "yellow")
     body = Text.assemble(
         state,
         f"  received {len(run.received)}/{len(run.published)} published (of {total})",
@@ -212,14 +155,153 @@ def _footer(run: _Run, stream: EventStream, plan: DemoPlan, started: float, tota
     return Panel(body, title="ohip-stream demo", border_style="dim")
 
 
+class _Demo:
+    """One run of the demo: the emulator's publisher, the watcher of the stream's counters, and
+    the consumer, over one emulator and one stream."""
+
+    def __init__(self, options: DemoOptions, view: _View, emu: Any, stream: EventStream) -> None:
+        self.options = options
+        self.view = view
+        self.emu = emu
+        self.stream = stream
+        self.plan = DemoPlan.for_run(options.seconds)
+        self.run = _Run()
+        self.status = StatusLine(stream)
+        self.started = time.monotonic()
+
+    def footer(self) -> Panel:
+        return _footer(self.run, self.status, self.plan, self.started, self.options.events)
+
+    def banner(self) -> None:
+        if self.view.json:
+            return
+        emu, options = self.emu, self.options
+        self.view.console.print(
+            Panel(
+                Text.assemble(
+                    (f"A local OHIP gateway (the emulator) at {emu.gateway_url}, chain ", ""),
+                    (emu.chain_code, "bold"),
+                    f": {options.events} events over about {options.seconds:g} s, with one "
+                    "token rotation and one dropped connection on the way.\n",
+                    (self.plan.compressed_note(), "yellow"),
+                ),
+                title="ohip-stream demo",
+                border_style="cyan",
+            )
+        )
+        self.view.console.print(HEADER, no_wrap=True, overflow="ellipsis")
+
+    async def publish(self) -> None:
+        loop = asyncio.get_running_loop()
+        run, options = self.run, self.options
+        interval = options.seconds / options.events
+        begin = loop.time()
+        sent = 0
+        while sent < options.events or not run.dropped:
+            elapsed = loop.time() - begin
+            due = min(options.events, int(elapsed / interval) + 1)
+            if due > sent:
+                run.published.extend(await self.emu.publish(count=due - sent))
+                sent = due
+            if (
+                not run.dropped
+                and elapsed >= self.plan.drop_at
+                and self.stream.stats.connected_since is not None
+            ):
+                self.view.note(
+                    "-- the gateway drops the connection (the client sees 1006, waits, and "
+                    "resumes from its last offset)"
+                )
+                await self.emu.drop()
+                run.dropped = True
+            await asyncio.sleep(min(0.1, interval))
+        run.publishing_done = True
+
+    def interrupt(self, sig: int) -> None:
+        self.run.interrupted = True
+        self.run.signal = self.run.signal or sig
+        self.stream.request_stop()
+
+    def _narrate(self, rotations: int, reconnects: dict[str, int]) -> None:
+        stats = self.stream.stats
+        if stats.rotations != rotations:
+            self.view.note(
+                "-- token rotation: complete, drain, new token, resubscribe from the last offset",
+                style="cyan",
+            )
+        for cause, count in stats.reconnects.items():
+            if cause != "rotation" and count != reconnects.get(cause, 0):
+                self.view.note(f"-- reconnecting after {cause}", style="yellow")
+
+    def _done(self) -> bool:
+        run = self.run
+        if run.publishing_done and set(run.published) <= run.received.keys():
+            return True
+        if time.monotonic() - self.started > self.plan.cap:
+            run.timed_out = True
+            self.view.note(f"-- stopping: the demo's {self.plan.cap:g} s limit", style="red")
+            return True
+        return False
+
+    async def watch(self) -> None:
+        rotations = 0
+        reconnects: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(0.1)
+            stats = self.stream.stats
+            self._narrate(rotations, reconnects)
+            rotations, reconnects = stats.rotations, dict(stats.reconnects)
+            if self.view.live is not None:
+                self.view.live.update(self.footer())
+            if self._done():
+                self.stream.request_stop()
+                return
+
+    def show(self, event: Event) -> None:
+        offset = event.metadata.offset
+        self.run.received[offset] = self.run.received.get(offset, 0) + 1
+        self.run.uids[offset] = event.metadata.unique_event_id
+        if self.view.json:
+            write_line(
+                json.dumps(event.model_dump(by_alias=True, mode="json"), separators=(",", ":"))
+            )
+        else:
+            self.view.console.print(
+                event_line(event, self.view.console.width), no_wrap=True, overflow="ellipsis"
+            )
+
+    async def consume(self, auth: OAuthClientCredentials) -> None:
+        view = self.view
+        live = (
+            None
+            if view.json
+            else Live(self.footer(), console=view.console, refresh_per_second=8, transient=True)
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with auth, self.stream:
+                if live is not None:
+                    live.start()
+                    view.live = live
+                tasks = [asyncio.create_task(self.publish()), asyncio.create_task(self.watch())]
+                async for event in self.stream:
+                    self.show(event)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if live is not None:
+                view.live = None
+                live.stop()
+
+
 async def _demo(options: DemoOptions, view: _View) -> int:
     from ohip_stream.testing import Emulator
 
-    started = time.monotonic()
     plan = DemoPlan.for_run(options.seconds)
-    run = _Run()
     loop = asyncio.get_running_loop()
-
     async with Emulator(
         token_ttl=plan.token_ttl,
         complete_gap=EMULATOR_COMPLETE_GAP,
@@ -244,133 +326,23 @@ async def _demo(options: DemoOptions, view: _View) -> int:
             checkpoints=MemoryCheckpointStore(),
             timings=plan.timings,
         )
-        if not view.json:
-            view.console.print(
-                Panel(
-                    Text.assemble(
-                        (f"A local OHIP gateway (the emulator) at {emu.gateway_url}, chain ", ""),
-                        (emu.chain_code, "bold"),
-                        f": {options.events} events over about {options.seconds:g} s, with one "
-                        "token rotation and one dropped connection on the way.\n",
-                        (plan.compressed_note(), "yellow"),
-                    ),
-                    title="ohip-stream demo",
-                    border_style="cyan",
-                )
-            )
-            view.console.print(_HEADER, no_wrap=True, overflow="ellipsis")
-
-        async def publish() -> None:
-            interval = options.seconds / options.events
-            begin = loop.time()
-            sent = 0
-            while sent < options.events or not run.dropped:
-                elapsed = loop.time() - begin
-                due = min(options.events, int(elapsed / interval) + 1)
-                if due > sent:
-                    run.published.extend(await emu.publish(count=due - sent))
-                    sent = due
-                if (
-                    not run.dropped
-                    and elapsed >= plan.drop_at
-                    and stream.stats.connected_since is not None
-                ):
-                    view.note(
-                        "-- the gateway drops the connection (the client sees 1006, waits, and "
-                        "resumes from its last offset)"
-                    )
-                    await emu.drop()
-                    run.dropped = True
-                await asyncio.sleep(min(0.1, interval))
-            run.publishing_done = True
-
-        def interrupt() -> None:
-            run.interrupted = True
-            stream.request_stop()
-
-        async def watch() -> None:
-            rotations = 0
-            reconnects: dict[str, int] = {}
-            while True:
-                await asyncio.sleep(0.1)
-                stats = stream.stats
-                if stats.rotations != rotations:
-                    rotations = stats.rotations
-                    view.note(
-                        "-- token rotation: complete, drain, new token, resubscribe from the "
-                        "last offset",
-                        style="cyan",
-                    )
-                for cause, count in stats.reconnects.items():
-                    if cause != "rotation" and count != reconnects.get(cause, 0):
-                        view.note(f"-- reconnecting after {cause}", style="yellow")
-                reconnects = dict(stats.reconnects)
-                if view.live is not None:
-                    view.live.update(_footer(run, stream, plan, started, options.events))
-                if run.publishing_done and set(run.published) <= run.received.keys():
-                    stream.request_stop()
-                    return
-                if time.monotonic() - started > plan.cap:
-                    run.timed_out = True
-                    view.note(f"-- stopping: the demo's {plan.cap:g} s limit", style="red")
-                    stream.request_stop()
-                    return
-
+        demo = _Demo(options, view, emu, stream)
+        demo.banner()
         handled: list[signal.Signals] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, interrupt)
+                loop.add_signal_handler(sig, demo.interrupt, sig)
                 handled.append(sig)
-        live = (
-            Live(
-                _footer(run, stream, plan, started, options.events),
-                console=view.console,
-                refresh_per_second=8,
-                transient=True,
-            )
-            if not view.json
-            else None
-        )
-        tasks: list[asyncio.Task[None]] = []
         try:
-            async with auth, stream:
-                if live is not None:
-                    live.start()
-                    view.live = live
-                tasks = [asyncio.create_task(publish()), asyncio.create_task(watch())]
-                async for event in stream:
-                    offset = event.metadata.offset
-                    run.received[offset] = run.received.get(offset, 0) + 1
-                    run.uids[offset] = event.metadata.unique_event_id
-                    if view.json:
-                        write_line(
-                            json.dumps(
-                                event.model_dump(by_alias=True, mode="json"),
-                                separators=(",", ":"),
-                            )
-                        )
-                    else:
-                        view.console.print(
-                            _event_line(event, view.console.width),
-                            no_wrap=True,
-                            overflow="ellipsis",
-                        )
+            await demo.consume(auth)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if live is not None:
-                view.live = None
-                live.stop()
             for sig in handled:
                 loop.remove_signal_handler(sig)
-        log = emu.events()
-        summary = _summary(run, stream, log, emu, time.monotonic() - started)
+        summary = _summary(demo.run, stream, emu.events(), emu, time.monotonic() - demo.started)
     _show_summary(view, summary)
-    if run.interrupted:
-        return 130
+    if demo.run.interrupted:
+        # SIGINT (Ctrl-C): interrupted; SIGTERM: a requested stop (the exit code table).
+        return 130 if demo.run.signal == signal.SIGINT else 0
     return 1 if summary["lost"] else 0
 
 
@@ -451,7 +423,7 @@ def run_demo(options: DemoOptions) -> int:
         )
     view = _View(options.json)
     if options.verbose:
-        setup_logging(True, stream=sys.stderr)
+        setup_logging(options.verbose, stream=sys.stderr)
     else:
-        setup_logging(False, sink=view.log_record)
+        setup_logging(0, sink=view.log_record)
     return asyncio.run(_demo(options, view))

@@ -1,28 +1,32 @@
-"""``ohip-stream tail`` and ``ohip-stream replay``: events to stdout as JSON lines."""
+"""``ohip-stream tail`` and ``ohip-stream replay``: events to stdout (a table on a terminal,
+JSON lines otherwise), status to stderr."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ohip_stream._checkpoints import Checkpoint, MemoryCheckpointStore, SQLiteCheckpointStore
-from ohip_stream._cli_common import (
+from ohip_stream._cli._common import (
     PROG,
     EventFilter,
     checkpoint_path,
     event_json,
-    format_reconnects,
+    is_offset,
     load_settings,
+    offset_argument,
     write_line,
 )
-from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._cli._status import StatusLine
+from ohip_stream._exceptions import ConfigurationError, OhipError
 from ohip_stream._models import Event
-from ohip_stream._stream import EventStream, StreamStats
+from ohip_stream._stream import EventStream
 
 __all__ = ["ConnectionFlags", "ReplayOptions", "TailOptions", "run_replay", "run_tail"]
 
@@ -68,6 +72,7 @@ class TailOptions:
     delta: bool = False
     max_events: int | None = None
     status: bool = True
+    json: bool = False
 
 
 @dataclass
@@ -83,12 +88,7 @@ class ReplayOptions:
 
 
 def _offset_flag(name: str, value: str | None) -> str | None:
-    if value is None:
-        return None
-    text = value.strip()
-    if not text.isdigit():
-        raise ConfigurationError(f"{name} must be a non-negative whole number, got {value!r}")
-    return str(int(text))
+    return None if value is None else offset_argument(name, value)
 
 
 class ReaderGoneError(Exception):
@@ -103,53 +103,41 @@ def _write_event(event: Event) -> None:
         raise ReaderGoneError() from None
 
 
-class _Status:
-    """Progress on stderr, at most once a second: events, rate, last offset, reconnects."""
+class _Signals:
+    """SIGINT and SIGTERM stop the stream gracefully (complete, drain, commit); the exit code
+    says which came: 130 for SIGINT (Ctrl-C), 0 for SIGTERM (a requested stop). A second
+    Ctrl-C interrupts at once."""
 
-    def __init__(self, stats: StreamStats, out: TextIO | None = None) -> None:
-        self._stats = stats
-        self._out = out
-        self._last_events = 0
-        self._last_time = time.monotonic()
-        self._last_key: tuple[object, ...] = ()
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+        self.received: int | None = None
+        self._handled: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def line(self, *, final: bool = False) -> str:
-        stats = self._stats
-        now = time.monotonic()
-        elapsed = max(now - self._last_time, 1e-9)
-        rate = (stats.events - self._last_events) / elapsed
-        self._last_events = stats.events
-        self._last_time = now
-        state = "connected" if stats.connected_since is not None else "connecting"
-        if final:
-            state = "stopped"
-        return (
-            f"{PROG}: {state}, {stats.events} events ({rate:.1f}/s), last offset "
-            f"{stats.last_offset or '-'}, reconnects {format_reconnects(stats.reconnects)}"
-            + (f", duplicates dropped {stats.duplicates}" if stats.duplicates else "")
-            + (f", lost upstream {stats.gaps}" if stats.gaps else "")
-        )
+    def __enter__(self) -> _Signals:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self._loop.add_signal_handler(sig, self._got, sig)
+                self._handled.append(sig)
+        return self
 
-    def report(self, *, final: bool = False) -> None:
-        stats = self._stats
-        key = (
-            stats.events,
-            tuple(sorted(stats.reconnects.items())),
-            stats.connected_since is not None,
-            stats.duplicates,
-            stats.gaps,
-        )
-        if key == self._last_key and not final:
-            return  # quiet while nothing changes
-        self._last_key = key
-        out = self._out if self._out is not None else sys.stderr
-        out.write(self.line(final=final) + "\n")
-        out.flush()
+    def _got(self, sig: int) -> None:
+        if self.received is None:
+            self.received = sig
+        if sig == signal.SIGINT and self._loop is not None:
+            self._loop.remove_signal_handler(sig)  # the next Ctrl-C: KeyboardInterrupt
+            self._handled.remove(sig)
+        self._stop()
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.report()
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            for sig in self._handled:
+                self._loop.remove_signal_handler(sig)
+        self._handled = []
+
+    def exit_code(self) -> int:
+        return 130 if self.received == signal.SIGINT else 0
 
 
 class _ExplicitStart:
@@ -157,7 +145,8 @@ class _ExplicitStart:
 
     The explicit start overrides the checkpoint for this run: the stored offset is not loaded
     (else the stream would drop the replayed events up to it as already processed), only when
-    the stream's last connection was completed (the gap, protocol §4). Writes go through; until
+    the stream's last connection was completed (the gap the gateway requires between a
+    complete and the next subscribe). Writes go through; until
     the run has processed an event, the stored offset is kept.
     """
 
@@ -183,6 +172,43 @@ class _ExplicitStart:
         await self._store.save(stream_id, checkpoint)
 
 
+def _stored_checkpoint(db: Path, stream_id: str) -> Checkpoint | None:
+    """The checkpoint ``tail`` resumes from, checked: a stored offset that is not one is a
+    configuration error that says where it came from and how to fix it."""
+    if not db.is_file():
+        return None
+    store = SQLiteCheckpointStore(db)
+    try:
+        found = store.load_sync(stream_id)
+    finally:
+        store.close()
+    if found is not None and found.offset is not None and not is_offset(found.offset):
+        raise ConfigurationError(
+            f"the checkpoint of stream {stream_id} in {db} holds the offset {found.offset!r}, "
+            "which is not 1 to 20 ASCII digits: set a good one with `ohip-stream checkpoint set "
+            "OFFSET`, or forget it with `ohip-stream checkpoint clear`"
+        )
+    return found
+
+
+def _start_line(settings: Any, options: TailOptions, db: Path, stored: Checkpoint | None) -> str:
+    """The line ``tail`` starts with: gateway host, chain, where it resumes, the file."""
+    from ohip_stream._cli._checkpoint import gateway_host
+
+    if options.from_offset is not None:
+        where = f"starting at offset {options.from_offset} (--from-offset)"
+    elif options.from_highest:
+        where = "starting at the newest event (--from-highest)"
+    elif stored is not None and stored.offset is not None:
+        where = f"resuming after offset {stored.offset}"
+    else:
+        where = "starting at the server position (no checkpoint yet)"
+    return (
+        f"{PROG}: tail {gateway_host(settings.gateway_url)}, chain "
+        f"{settings.chain_code.strip().upper()}, {where}, checkpoint file {db}"
+    )
+
+
 async def _tail(options: TailOptions) -> int:
     settings = options.connection.settings()
     from_offset = _offset_flag("--from-offset", options.from_offset)
@@ -192,38 +218,86 @@ async def _tail(options: TailOptions) -> int:
         raise ConfigurationError(f"--max-events must be at least 1, got {options.max_events}")
     # The settings check what is missing before any file is created.
     settings.require("gateway_url", "app_key", "chain_code", "client_id", "client_secret")
-    store = SQLiteCheckpointStore(checkpoint_path(options.checkpoint_db, settings))
+    db = checkpoint_path(options.checkpoint_db, settings)
+    explicit = from_offset is not None or options.from_highest
+    from ohip_stream._stream import stream_id_for
+
+    stream_id = stream_id_for(
+        settings.gateway_url, settings.chain_code, settings.app_key.get_secret_value()
+    )
+    stored = None if explicit else _stored_checkpoint(db, stream_id)
+    store = SQLiteCheckpointStore(db)
     try:
-        explicit = from_offset is not None or options.from_highest
         stream = settings.event_stream(
             checkpoints=_ExplicitStart(store) if explicit else store,
             offset=from_offset,
             start_at_highest=options.from_highest,
             delta=options.delta,
         )
+        if options.status:
+            options.from_offset = from_offset
+            sys.stderr.write(_start_line(settings, options, db, stored) + "\n")
+            sys.stderr.flush()
         return await _consume_tail(stream, options)
     finally:
         store.close()
 
 
+class _Printer:
+    """Events to stdout: the demo's table on a terminal, JSON lines when piped or asked."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._console: Any = None
+        if not as_json and _is_terminal():
+            from rich.console import Console
+
+            from ohip_stream._cli._render import HEADER
+
+            self._console = Console(highlight=False, soft_wrap=False)
+            self._console.print(HEADER, no_wrap=True, overflow="ellipsis")
+
+    def __call__(self, event: Event) -> None:
+        if self._console is None:
+            _write_event(event)
+            return
+        from ohip_stream._cli._render import event_line
+
+        try:
+            self._console.print(
+                event_line(event, self._console.width), no_wrap=True, overflow="ellipsis"
+            )
+        except BrokenPipeError:
+            raise ReaderGoneError() from None
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 async def _consume_tail(stream: EventStream, options: TailOptions) -> int:
     accept = EventFilter(options.modules, options.events, options.hotels)
+    show = _Printer(options.json)
     printed = 0
-    status = _Status(stream.stats)
+    status = StatusLine(stream)
     reporter: asyncio.Task[None] | None = None
+    signals = _Signals(stream.request_stop)
     try:
         async with stream:
-            stream.install_signal_handlers()
-            if options.status:
-                reporter = asyncio.create_task(status.run())
-            async for event in stream:
-                # Filtered-out events count as processed all the same (the next one marks it).
-                if not accept(event):
-                    continue
-                _write_event(event)
-                printed += 1
-                if options.max_events is not None and printed >= options.max_events:
-                    break  # leaving the block commits this event, completes and drains
+            with signals:
+                if options.status:
+                    reporter = asyncio.create_task(status.run())
+                async for event in stream:
+                    # Filtered-out events count as processed all the same (the next one marks
+                    # it).
+                    if not accept(event):
+                        continue
+                    show(event)
+                    printed += 1
+                    if options.max_events is not None and printed >= options.max_events:
+                        break  # leaving the block commits this event, completes and drains
     finally:
         if reporter is not None:
             reporter.cancel()
@@ -231,7 +305,9 @@ async def _consume_tail(stream: EventStream, options: TailOptions) -> int:
                 await reporter
     if options.status:
         status.report(final=True)
-    return 0
+    if signals.received is not None:
+        sys.stderr.write(f"{PROG}: interrupted\n" if signals.exit_code() else "")
+    return signals.exit_code()
 
 
 def run_tail(options: TailOptions) -> int:
@@ -252,7 +328,8 @@ async def _replay(options: ReplayOptions) -> int:
         )
     settings.require("gateway_url", "app_key", "chain_code", "client_id", "client_secret")
     # Never written: the replay keeps its position in memory. It reads when the stream's last
-    # connection was completed (if a checkpoint file exists), to respect the gap (protocol §4).
+    # connection was completed (if a checkpoint file exists), to respect the gap the gateway
+    # requires between a complete and the next subscribe.
     memory = MemoryCheckpointStore()
     stream = settings.event_stream(checkpoints=memory, offset=start)
     db = checkpoint_path(options.checkpoint_db, settings)
@@ -260,7 +337,7 @@ async def _replay(options: ReplayOptions) -> int:
         durable = SQLiteCheckpointStore(db)
         try:
             previous = durable.load_sync(stream.stream_id)
-        except ConfigurationError:
+        except OhipError:  # a broken file: the replay does not need it
             previous = None
         finally:
             durable.close()
@@ -286,24 +363,27 @@ async def _consume_replay(stream: EventStream, options: ReplayOptions, end: int 
                 return
             await asyncio.sleep(min(rest, 0.25))
 
+    signals = _Signals(stream.request_stop)
     async with stream:
-        stream.install_signal_handlers()
         watcher = asyncio.create_task(watch_idle())
         try:
-            async for event in stream:
-                last_event = loop.time()
-                number = int(event.metadata.offset) if event.metadata.offset.isdigit() else -1
-                if end is not None and number > end:
-                    break
-                if accept(event):
-                    _write_event(event)
-                if end is not None and number >= end:
-                    break
+            with signals:
+                async for event in stream:
+                    last_event = loop.time()
+                    number = int(event.metadata.offset) if is_offset(event.metadata.offset) else -1
+                    if end is not None and number > end:
+                        break
+                    if accept(event):
+                        _write_event(event)
+                    if end is not None and number >= end:
+                        break
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-    return 0
+    if signals.exit_code():
+        sys.stderr.write(f"{PROG}: interrupted\n")
+    return signals.exit_code()
 
 
 def run_replay(options: ReplayOptions) -> int:

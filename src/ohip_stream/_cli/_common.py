@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,7 +30,7 @@ class MissingExtraError(Exception):
 class CliState:
     """Options that apply to the whole run (set by the commands, read when an error comes)."""
 
-    verbose = False
+    verbose = 0
 
 
 def one_line(message: object) -> str:
@@ -57,6 +58,28 @@ def require_emulator_extra() -> None:
     """Raise :class:`MissingExtraError` when the emulator's server stack is missing."""
     if importlib.util.find_spec("aiohttp") is None:
         raise MissingExtraError(EMULATOR_EXTRA_HINT)
+
+
+# --- offsets ----------------------------------------------------------------------------------
+
+# An offset is 1 to 20 ASCII digits (a 64-bit counter; the gateway refuses longer ones).
+# str.isdigit() would accept '²' and '١٢', which int() then reads or refuses.
+_OFFSET = re.compile(r"[0-9]{1,20}")
+
+
+def is_offset(value: str) -> bool:
+    """Whether ``value`` is a stream offset: 1 to 20 ASCII digits."""
+    return _OFFSET.fullmatch(value) is not None
+
+
+def offset_argument(name: str, value: str) -> str:
+    """``value`` as an offset (leading zeros dropped), else a :class:`ConfigurationError`."""
+    text = value.strip(" ")
+    if not is_offset(text):
+        raise ConfigurationError(
+            f"{name} must be an offset of 1 to 20 ASCII digits (such as 1200), got {value!r}"
+        )
+    return str(int(text))
 
 
 # --- logging ----------------------------------------------------------------------------------
@@ -94,39 +117,41 @@ _installed: list[tuple[logging.Logger, logging.Handler, int]] = []
 
 
 def setup_logging(
-    verbose: bool,
+    verbose: int,
     *,
     stream: TextIO | None = None,
     sink: Callable[[logging.LogRecord], None] | None = None,
 ) -> None:
     """Route log records to stderr (or ``sink``), secrets redacted.
 
-    Default: WARNING and above, one short line each. ``verbose``: DEBUG from every library
-    (websockets, httpx...), with timestamps and logger names.
+    ``verbose`` 0: WARNING and above, one short line each. 1 (``-v``): the library's INFO
+    lifecycle (connected, rotated, waiting...) with timestamps; other libraries stay at WARNING.
+    2 (``-vv``): DEBUG from every library (websockets, httpx...), frames included.
     """
     reset_logging()
+    level = int(verbose)
     root = logging.getLogger()
     handler: logging.Handler
+    floor = logging.DEBUG if level >= 2 else logging.INFO if level == 1 else logging.WARNING
     if sink is not None:
-        handler = _CallbackHandler(sink, logging.DEBUG if verbose else logging.WARNING)
+        handler = _CallbackHandler(sink, floor)
     else:
         handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-        handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
-        handler.setFormatter(logging.Formatter(_VERBOSE_FORMAT) if verbose else _ShortFormatter())
+        handler.setLevel(floor)
+        handler.setFormatter(logging.Formatter(_VERBOSE_FORMAT) if level else _ShortFormatter())
     # The library filters its own loggers; a handler sees records of every logger, so it
     # redacts too (records that propagate skip the filters of the loggers they pass).
     handler.addFilter(RedactingFilter())
-    if not verbose:
+    if not level:
         handler.addFilter(_WarningsOnly())
-    previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    _installed.append((root, handler, previous))
-    if verbose:
+    _installed.append((root, handler, root.level))
+    root.setLevel(logging.DEBUG if level >= 2 else logging.WARNING)
+    if level:
         # The library's package logger may have a level of its own; open it for this run.
         package = logging.getLogger("ohip_stream")
         _installed.append((package, logging.NullHandler(), package.level))
-        package.setLevel(logging.DEBUG)
+        package.setLevel(logging.DEBUG if level >= 2 else logging.INFO)
 
 
 def reset_logging() -> None:

@@ -29,7 +29,8 @@ def test_full_by_count_pauses_and_below_half_resumes() -> None:
     for _ in range(4):
         buffer.push(b"x")
     assert reader.calls == ["pause"]
-    assert buffer.paused and buffer.paused_at == 7.0
+    assert buffer.paused
+    assert buffer.paused_at == 7.0
     buffer.take()
     buffer.take()
     assert reader.calls == ["pause"]  # 2 left: not below half of 4

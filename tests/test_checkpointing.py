@@ -96,13 +96,15 @@ async def test_a_transient_failure_below_a_batch_is_logged_and_kept() -> None:
     commits.processed()
     commits.interval_passed()
     await checkpointer.commit_due()
-    assert commits.failed and commits.dirty == 1
+    assert commits.failed
+    assert commits.dirty == 1
     assert await store.load("s1") is None
     commits.hand(Pos("2"))
     commits.processed()
     await checkpointer.commit_due()
     saved = await store.load("s1")
-    assert saved is not None and saved.offset == "2"
+    assert saved is not None
+    assert saved.offset == "2"
 
 
 async def test_a_whole_batch_waiting_retries_with_backoff_until_it_succeeds() -> None:
@@ -122,7 +124,8 @@ async def test_a_whole_batch_waiting_retries_with_backoff_until_it_succeeds() ->
     assert store.attempts == 4
     assert not commits.blocked
     saved = await store.load("s1")
-    assert saved is not None and saved.offset == "2"
+    assert saved is not None
+    assert saved.offset == "2"
 
 
 async def test_an_unknown_store_error_becomes_a_checkpoint_error() -> None:

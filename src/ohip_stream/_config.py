@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ohip_stream._budget import key_id
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import register_secret
-from ohip_stream._budget import key_id
 from ohip_stream._net import GatewayAddress, parse_gateway, stream_id_for, tls_context
 from ohip_stream._protocol import hash_app_key
 from ohip_stream._query import SubscriptionDocument, build_subscription

@@ -129,7 +129,8 @@ def offset_rule() -> Callable[[str], bool]:
     """A fast test of the schema's ``offset`` rule (ASCII digits, at most its maxLength): an
     offset the gateway sends that breaks it could never be sent back in a subscription."""
     rule = input_rules()["offset"]
-    assert rule.pattern is not None and rule.max_length is not None
+    assert rule.pattern is not None
+    assert rule.max_length is not None
     fullmatch = re.compile(rule.pattern).fullmatch
     limit = rule.max_length
 

@@ -343,12 +343,14 @@ class EventStream:
         return generator
 
     def _start(self) -> None:
-        assert self._connector is not None and self._iteration is not None
+        assert self._connector is not None
+        assert self._iteration is not None
         self._task = asyncio.create_task(self._run(), name=f"ohip-stream-{self.stream_id}")
         self._iteration.checkpointer.start()
 
     async def _run(self) -> None:
-        assert self._connector is not None and self._iteration is not None
+        assert self._connector is not None
+        assert self._iteration is not None
         try:
             checkpoint = await self._iteration.restore(self._legacy_ids())
             if checkpoint is not None and checkpoint.offset is not None:

@@ -48,9 +48,9 @@ ROW_KEYS = (
 def gateway_host(gateway_url: str) -> str:
     """The host (and port, if not the scheme's default) of a gateway URL, as the stream id
     normalizes it."""
-    from ohip_stream._stream import _gateway_host
+    from ohip_stream._net import parse_gateway
 
-    return _gateway_host(gateway_url)
+    return parse_gateway(gateway_url).netloc
 
 
 def _stream_of(

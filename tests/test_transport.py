@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gc
 import hashlib
+import socket
 import ssl
 import struct
 import time
@@ -22,11 +23,16 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from helpers.connect_proxy import ConnectProxy
+from ohip_stream import _logging
+from ohip_stream._handshake import Stage, network_failure
 from ohip_stream._policy import Failure, FailureKind
 from ohip_stream._transport import (
     MAX_RETRY_AFTER,
+    NAME_NOT_FOUND,
     REFUSED,
+    RESET,
     TIMED_OUT,
+    TLS_HANDSHAKE,
     Failed,
     WebSocket,
     _Connection,
@@ -634,6 +640,61 @@ async def test_a_proxy_that_refuses_the_tunnel_is_a_network_failure() -> None:
     assert failure.kind is FailureKind.NETWORK
     assert failure.reason == "proxy refused the tunnel: HTTP 407 Proxy Authentication Required"
     assert proxy.tunnels == 0
+
+
+async def test_tls_spoken_to_a_plain_server_is_a_tls_handshake_failure(
+    client_tls: ssl.SSLContext,
+) -> None:
+    async with ws_server(greet) as url:
+        failure = await failed(url.replace("ws://", "wss://"), ssl=client_tls)
+    assert failure.kind is FailureKind.NETWORK
+    assert failure.reason.startswith(TLS_HANDSHAKE)
+
+
+async def test_an_unreachable_proxy_is_a_refused_connection() -> None:
+    async with ws_server(greet) as url:
+        failure = await failed(url, proxy="http://127.0.0.1:1")
+    assert failure.kind is FailureKind.NETWORK
+    assert failure.reason.startswith(REFUSED)
+    assert "127.0.0.1:1" in failure.reason
+
+
+async def test_server_text_in_a_reason_is_redacted() -> None:
+    secret = "raw-application-key-0f3c"
+    _logging.register_secret(secret)
+    hook = http_answer("400 Bad Request", {}, f"unknown key {secret}".encode())
+    async with ws_server(idle, process_request=hook) as url:
+        failure = await failed(url)
+    assert secret not in failure.reason
+    assert failure.reason.startswith("Bad Request - unknown key [REDACTED]")
+
+    async def handler(websocket: ServerConnection) -> None:
+        await websocket.close(4400, f"bad input {secret}")
+
+    sink = Sink()
+    async with ws_server(handler) as url:
+        await connect(url, sink)
+        failure = await sink.failure()
+    assert failure.code == 4400
+    assert secret not in failure.reason
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "start"),
+    [
+        (socket.gaierror(-2, "Name or service not known"), FailureKind.NETWORK, NAME_NOT_FOUND),
+        (ConnectionRefusedError(111, "Connection refused"), FailureKind.NETWORK, REFUSED),
+        (TimeoutError(110, "Connection timed out"), FailureKind.NETWORK, TIMED_OUT),
+        (ConnectionResetError(104, "Connection reset by peer"), FailureKind.NETWORK, RESET),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER]"), FailureKind.NETWORK, TLS_HANDSHAKE),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), FailureKind.TLS, ""),
+    ],
+)
+def test_os_errors_are_told_apart(error: OSError, kind: FailureKind, start: str) -> None:
+    failure = network_failure(error, Stage("connecting to gateway.example:443"))
+    assert failure.kind is kind
+    assert failure.reason.startswith(start)
+    assert failure.code is None
 
 
 # --- resources ---------------------------------------------------------------------------------

@@ -104,12 +104,14 @@ def upgrade_request(protocol: ClientProtocol, headers: Mapping[str, str]) -> Req
 
 
 class Stage:
-    """What open_websocket is doing, for the reason of a timeout."""
+    """What open_websocket is doing: for the reason of a timeout or an error."""
 
-    __slots__ = ("now",)
+    __slots__ = ("now", "tls")
 
     def __init__(self, now: str) -> None:
         self.now = now
+        #: Whether the TLS handshake is under way (a reset then is a failed TLS handshake).
+        self.tls = False
 
 
 async def connect_transport(
@@ -120,40 +122,41 @@ async def connect_transport(
     stage: Stage,
     opened: list[asyncio.Transport],
 ) -> None:
-    """Open TCP to the server (through the proxy's tunnel if there is one) and TLS for wss.
+    """Open TCP to the server (through the proxy's tunnel if there is one), then TLS for wss.
 
     ``connection`` receives ``connection_made`` with the transport it will speak over. Every
     transport made is appended to ``opened`` at once, so that the caller can close it on any
-    error, timeout or cancellation; ``stage`` says what is under way, for a timeout's reason.
+    error, timeout or cancellation; ``stage`` says what is under way.
     """
     loop = asyncio.get_running_loop()
     if tunnel is None:
-        transport, _ = await loop.create_connection(
-            lambda: connection,
+        if context is None:
+            transport, _ = await loop.create_connection(lambda: connection, uri.host, uri.port)
+            opened.append(transport)
+            return
+        # TCP first, TLS apart (below): a failure then says which of the two failed.
+        raw, _ = await loop.create_connection(asyncio.Protocol, uri.host, uri.port)
+        opened.append(raw)
+    else:
+        stage.now = f"opening a tunnel through the proxy {authority(tunnel.host, tunnel.port)}"
+        raw = await open_tunnel(
+            tunnel,
             uri.host,
             uri.port,
-            ssl=context,
-            server_hostname=uri.host if context is not None else None,
+            proxy_ssl=(context or ssl.create_default_context()) if tunnel.secure else None,
+            opened=opened,
         )
-        opened.append(transport)
-        return
-    stage.now = f"opening a tunnel through the proxy {authority(tunnel.host, tunnel.port)}"
-    raw = await open_tunnel(
-        tunnel,
-        uri.host,
-        uri.port,
-        proxy_ssl=context or ssl.create_default_context(),
-        opened=opened,
-    )
-    if context is None:
-        raw.set_protocol(connection)
-        connection.connection_made(raw)
-        return
-    stage.now = f"TLS handshake with {authority(uri.host, uri.port)} through the proxy"
+        if context is None:
+            raw.set_protocol(connection)
+            connection.connection_made(raw)
+            return
+    stage.now = f"TLS handshake with {authority(uri.host, uri.port)}"
+    stage.tls = True
     secure = await loop.start_tls(raw, connection, context, server_hostname=uri.host)
     if secure is None:  # pragma: no cover - only for a transport that cannot start TLS
         raise ssl.SSLError("the transport cannot start TLS")
     opened.append(secure)
+    stage.tls = False
     connection.connection_made(secure)
 
 
@@ -211,12 +214,18 @@ def _retry_after(values: list[str]) -> float | None:
     return min(seconds, MAX_RETRY_AFTER)
 
 
-def network_failure(exc: OSError, stage: str) -> Failure:
-    """An OS or TLS error raised while ``stage`` (what was being done) was under way."""
+def network_failure(exc: OSError, stage: Stage) -> Failure:
+    """An OS or TLS error raised while ``stage`` was under way."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure(FailureKind.TLS, reason=str(exc))
-    if isinstance(exc, ssl.SSLError):
-        return Failure(FailureKind.NETWORK, reason=f"{TLS_HANDSHAKE}: {error_text(exc)}")
+    if isinstance(exc, ssl.SSLError) or (stage.tls and isinstance(exc, ConnectionError)):
+        return Failure(
+            FailureKind.NETWORK, reason=f"{TLS_HANDSHAKE}: {stage.now}: {error_text(exc)}"
+        )
+    return _os_failure(exc, stage.now)
+
+
+def _os_failure(exc: OSError, stage: str) -> Failure:
     if isinstance(exc, socket.gaierror):
         return Failure(FailureKind.NETWORK, reason=f"{NAME_NOT_FOUND}: {stage}: {error_text(exc)}")
     if isinstance(exc, ConnectionRefusedError):

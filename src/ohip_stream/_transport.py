@@ -479,7 +479,7 @@ async def open_websocket(
         except ProxyError as exc:
             raise Failed(exc.failure) from None
         except OSError as exc:
-            raise Failed(network_failure(exc, stage.now)) from None
+            raise Failed(network_failure(exc, stage)) from None
     except BaseException:
         connection.drop()
         for transport in opened:

@@ -248,6 +248,7 @@ async def test_our_close_completes_the_closing_handshake() -> None:
     assert server_saw == [1000]
     websocket.close()  # no-op once ended
     websocket.abort()
+    websocket.send_text("nobody listens")
     assert sink.failures == [failure]
 
 
@@ -469,6 +470,19 @@ async def test_a_subprotocol_not_confirmed() -> None:
     assert SUBPROTOCOL in failure.reason
 
 
+async def test_another_subprotocol_than_ours() -> None:
+    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answer = (await read_upgrade(reader)).replace(SUBPROTOCOL, "graphql-ws")
+        writer.write(answer.encode())
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(other) as url:
+        failure = await failed(url)
+    assert failure.kind is FailureKind.SUBPROTOCOL
+    assert "graphql-ws" in failure.reason
+
+
 async def test_a_server_that_hangs_up_during_the_handshake() -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -622,6 +636,15 @@ async def test_wss_through_a_connect_proxy(
     assert failure.code == 1000
     assert proxy.tunnels == 1
     assert proxy.requests == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"]
+
+
+async def test_an_untrusted_certificate_through_the_proxy_is_tls(
+    server_tls: ssl.SSLContext,
+) -> None:
+    async with ConnectProxy() as proxy, ws_server(greet, tls=server_tls) as url:
+        failure = await failed(url, ssl=None, proxy=proxy.url)
+    assert failure.kind is FailureKind.TLS
+    assert proxy.tunnels == 1
 
 
 async def test_ws_through_a_connect_proxy() -> None:

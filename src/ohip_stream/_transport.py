@@ -1,19 +1,23 @@
 """One WebSocket client connection, driven by websockets' public sans-I/O API over asyncio.
 
 :func:`open_websocket` owns everything between the socket and whole messages: TCP, TLS (the
-loop's ``create_connection(ssl=...)``), the HTTP CONNECT tunnel through a proxy
-(:mod:`ohip_stream._proxy`, then ``loop.start_tls``), the opening handshake, fragment assembly,
-the closing handshake and flow control. websockets' :class:`~websockets.client.ClientProtocol`
-parses and serializes; an :class:`asyncio.Protocol` pumps bytes into it (``data_received`` ->
-``receive_data`` -> ``events_received``) as websockets' guide "Integrate the Sans-I/O layer"
-describes, and hands each whole message to a :class:`FrameSink` with one synchronous call: no
-task, future or coroutine per frame.
+loop's ``start_tls`` once TCP is up), the HTTP CONNECT tunnel through a proxy
+(:mod:`ohip_stream._proxy`), the opening handshake (:mod:`ohip_stream._handshake` checks what
+goes in and classifies what went wrong), fragment assembly, the closing handshake and flow
+control. Why: only websockets' documented API is used (issue 17), and the per-message path stays
+lean. websockets' :class:`~websockets.client.ClientProtocol` parses and serializes; an
+:class:`asyncio.Protocol` pumps bytes into it (``data_received`` -> ``receive_data`` ->
+``events_received``) as websockets' guide "Integrate the Sans-I/O layer" describes, and hands
+each whole message to a :class:`FrameSink` with one synchronous call: no task, future or
+coroutine per message. WebSocket pings are answered by websockets (RFC 6455 §5.5.2); there is
+no keepalive here (OHIP's liveness is the graphql-level ping, above this layer).
 
 States of a connection::
 
-    CONNECTING  open_websocket runs: TCP, TLS, proxy tunnel, upgrade request, waiting for 101.
+    CONNECTING  open_websocket runs: TCP, proxy tunnel, TLS, upgrade request, waiting for 101.
                 Any failure raises Failed(Failure) and closes the socket; the sink hears nothing.
-    OPEN        open_websocket returned. Messages flow to sink.frame_received, in order.
+    OPEN        open_websocket returned. Messages flow to sink.frame_received, in order (those
+                that came with the 101 are delivered just after open_websocket returns).
     CLOSING     a close frame was sent (close(), or websockets failed the connection: 1009,
                 1002) or received; the server closes TCP (RFC 6455 §7.1.1: the server closes
                 first), or close_timeout later we drop it.

@@ -1,14 +1,14 @@
-"""What :mod:`ohip_stream._transport` checks before and after the opening handshake.
+"""What :mod:`ohip_stream._transport` does around the WebSocket: checks, the way there, endings.
 
-Before: the WebSocket URL and the upgrade request's headers (protocol §1: all
-headers together under 8 KB); a bad one raises ``ValueError`` with a reason that names what is
-wrong and quotes neither the URL's query (the key hash) nor a header value. Then the way to the
-server: TCP, TLS, the proxy's tunnel (:func:`connect_transport`). After: what ended an
-opening attempt, as a :class:`~ohip_stream._policy.Failure` for the policy (HTTP status and
-``Retry-After``, subprotocol, TLS verification, DNS, refusal, timeout, reset). Server text that
-enters a reason (an HTTP body, a reason phrase) is redacted first.
+Before: the WebSocket URL and the upgrade request's headers (protocol §1: all headers together
+under 8 KB); a bad one raises ``ValueError`` with a reason that names what is wrong and quotes
+neither the URL's query (the key hash) nor a header value. Then the way to the server: TCP, the
+proxy's tunnel, TLS (:func:`connect_transport`). After: what ended an opening attempt, as a
+:class:`~ohip_stream._policy.Failure` for the policy (HTTP status and ``Retry-After``,
+subprotocol, TLS verification, DNS, refusal, timeout, reset), and what ended an open connection
+(a close frame, 1009, a framing error, TCP lost). Server text that enters a reason (an HTTP
+body, a reason phrase, a close reason) is redacted first.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +26,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
     NegotiationError,
+    PayloadTooBig,
 )
 from websockets.http11 import Request
 from websockets.uri import WebSocketURI, parse_uri
@@ -45,7 +46,9 @@ __all__ = [
     "Stage",
     "authority",
     "connect_transport",
+    "end_failure",
     "error_text",
+    "forget_tracebacks",
     "handshake_failure",
     "network_failure",
     "parse_url",
@@ -212,6 +215,43 @@ def _retry_after(values: list[str]) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return min(seconds, MAX_RETRY_AFTER)
+
+
+def end_failure(protocol: ClientProtocol, *, aborted: bool, lost: Exception | None) -> Failure:
+    """What ended an open connection, once TCP is closed (``lost``: connection_lost's error)."""
+    parser_exc = protocol.parser_exc
+    if isinstance(parser_exc, PayloadTooBig):
+        # We failed the connection with 1009 (RFC 6455 §7.4.1): a message above max_size.
+        return Failure(FailureKind.CLOSE, code=1009, reason=str(parser_exc))
+    if parser_exc is not None and not isinstance(parser_exc, EOFError):
+        # A framing error (RFC 6455 §5: bad opcode, masking, UTF-8 in a close reason...).
+        return Failure(FailureKind.MALFORMED, reason=redact(error_text(parser_exc)))
+    if protocol.close_rcvd is not None and not aborted:
+        received = protocol.close_rcvd
+        return Failure(FailureKind.CLOSE, code=received.code, reason=redact(received.reason))
+    if aborted:
+        reason = "aborted by the client"
+    elif lost is not None:
+        reason = f"{RESET} without a close frame: {error_text(lost)}"
+    else:
+        reason = f"{RESET} without a close frame"
+    return Failure(FailureKind.CLOSE, code=1006, reason=reason)
+
+
+def forget_tracebacks(*errors: BaseException | None) -> None:
+    """Drop the tracebacks of ``errors`` and of the errors they chain to.
+
+    The parser's errors are raised under data_received or connection_lost: their tracebacks
+    hold those frames, which hold the connection, which holds the protocol that holds the
+    errors. Once their reasons are taken, the tracebacks only make a reference cycle.
+    """
+    for error in errors:
+        seen: set[int] = set()
+        current = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            current.__traceback__ = None
+            current = current.__cause__ or current.__context__
 
 
 def network_failure(exc: OSError, stage: Stage) -> Failure:

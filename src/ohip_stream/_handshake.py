@@ -9,6 +9,7 @@ subprotocol, TLS verification, DNS, refusal, timeout, reset), and what ended an 
 (a close frame, 1009, a framing error, TCP lost). Server text that enters a reason (an HTTP
 body, a reason phrase, a close reason) is redacted first.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -10,6 +10,7 @@ import hashlib
 import socket
 import ssl
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -645,6 +646,27 @@ async def test_an_untrusted_certificate_through_the_proxy_is_tls(
         failure = await failed(url, ssl=None, proxy=proxy.url)
     assert failure.kind is FailureKind.TLS
     assert proxy.tunnels == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TLS in TLS needs Python 3.11")
+async def test_wss_through_an_https_proxy(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    sink = Sink()
+    async with ConnectProxy(tls=server_tls) as proxy, ws_server(greet, tls=server_tls) as url:
+        await connect(url, sink, ssl=client_tls, proxy=proxy.url)
+        failure = await sink.failure()
+    assert proxy.url.startswith("https://")
+    assert sink.frames == [b"over tls"]
+    assert failure.code == 1000
+    assert proxy.tunnels == 1
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="TLS in TLS works from Python 3.11")
+async def test_wss_through_an_https_proxy_needs_python_3_11() -> None:
+    failure = await failed("wss://127.0.0.1:9/subscriptions", proxy="https://127.0.0.1:1")
+    assert failure.kind is FailureKind.CONFIG
+    assert "3.11" in failure.reason
 
 
 async def test_ws_through_a_connect_proxy() -> None:

@@ -17,6 +17,7 @@ import math
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Mapping
 
 from websockets.client import ClientProtocol
@@ -46,6 +47,7 @@ __all__ = [
     "TLS_HANDSHAKE",
     "Stage",
     "authority",
+    "check_tunnel",
     "connect_transport",
     "end_failure",
     "error_text",
@@ -81,6 +83,15 @@ def parse_url(url: str) -> WebSocketURI:
     except InvalidURI as exc:
         # str(exc) quotes the URL, whose query holds the key hash: the reason only.
         raise ValueError(f"invalid WebSocket URL: {redact(exc.msg)}") from None
+
+
+def check_tunnel(tunnel: ProxyAddress | None, uri: WebSocketURI) -> None:
+    """``ValueError`` for TLS inside a TLS tunnel on Python 3.10 (its start_tls cannot)."""
+    if tunnel is not None and tunnel.secure and uri.secure and sys.version_info < (3, 11):
+        raise ValueError(
+            "a wss:// connection through an https:// proxy needs Python 3.11 or later: use an "
+            "http:// proxy (the WebSocket is encrypted inside the tunnel all the same)"
+        )
 
 
 def upgrade_request(protocol: ClientProtocol, headers: Mapping[str, str]) -> Request:

@@ -53,6 +53,7 @@ from ohip_stream._handshake import (
     TLS_HANDSHAKE,
     Stage,
     authority,
+    check_tunnel,
     connect_transport,
     end_failure,
     error_text,
@@ -436,6 +437,7 @@ async def open_websocket(
     try:
         uri = parse_url(url)
         tunnel = None if proxy is None else parse_proxy(proxy)
+        check_tunnel(tunnel, uri)
         protocol = ClientProtocol(
             uri,
             subprotocols=[Subprotocol(subprotocol)],

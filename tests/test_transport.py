@@ -7,8 +7,10 @@ import asyncio
 import base64
 import gc
 import hashlib
+import socket
 import ssl
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,11 +24,16 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from helpers.connect_proxy import ConnectProxy
+from ohip_stream import _logging
+from ohip_stream._handshake import Stage, network_failure
 from ohip_stream._policy import Failure, FailureKind
 from ohip_stream._transport import (
     MAX_RETRY_AFTER,
+    NAME_NOT_FOUND,
     REFUSED,
+    RESET,
     TIMED_OUT,
+    TLS_HANDSHAKE,
     Failed,
     WebSocket,
     _Connection,
@@ -242,6 +249,7 @@ async def test_our_close_completes_the_closing_handshake() -> None:
     assert server_saw == [1000]
     websocket.close()  # no-op once ended
     websocket.abort()
+    websocket.send_text("nobody listens")
     assert sink.failures == [failure]
 
 
@@ -463,6 +471,19 @@ async def test_a_subprotocol_not_confirmed() -> None:
     assert SUBPROTOCOL in failure.reason
 
 
+async def test_another_subprotocol_than_ours() -> None:
+    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answer = (await read_upgrade(reader)).replace(SUBPROTOCOL, "graphql-ws")
+        writer.write(answer.encode())
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(other) as url:
+        failure = await failed(url)
+    assert failure.kind is FailureKind.SUBPROTOCOL
+    assert "graphql-ws" in failure.reason
+
+
 async def test_a_server_that_hangs_up_during_the_handshake() -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -618,6 +639,36 @@ async def test_wss_through_a_connect_proxy(
     assert proxy.requests == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"]
 
 
+async def test_an_untrusted_certificate_through_the_proxy_is_tls(
+    server_tls: ssl.SSLContext,
+) -> None:
+    async with ConnectProxy() as proxy, ws_server(greet, tls=server_tls) as url:
+        failure = await failed(url, ssl=None, proxy=proxy.url)
+    assert failure.kind is FailureKind.TLS
+    assert proxy.tunnels == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TLS in TLS needs Python 3.11")
+async def test_wss_through_an_https_proxy(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    sink = Sink()
+    async with ConnectProxy(tls=server_tls) as proxy, ws_server(greet, tls=server_tls) as url:
+        await connect(url, sink, ssl=client_tls, proxy=proxy.url)
+        failure = await sink.failure()
+    assert proxy.url.startswith("https://")
+    assert sink.frames == [b"over tls"]
+    assert failure.code == 1000
+    assert proxy.tunnels == 1
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="TLS in TLS works from Python 3.11")
+async def test_wss_through_an_https_proxy_needs_python_3_11() -> None:
+    failure = await failed("wss://127.0.0.1:9/subscriptions", proxy="https://127.0.0.1:1")
+    assert failure.kind is FailureKind.CONFIG
+    assert "3.11" in failure.reason
+
+
 async def test_ws_through_a_connect_proxy() -> None:
     sink = Sink()
     async with ConnectProxy() as proxy, ws_server(greet) as url:
@@ -634,6 +685,61 @@ async def test_a_proxy_that_refuses_the_tunnel_is_a_network_failure() -> None:
     assert failure.kind is FailureKind.NETWORK
     assert failure.reason == "proxy refused the tunnel: HTTP 407 Proxy Authentication Required"
     assert proxy.tunnels == 0
+
+
+async def test_tls_spoken_to_a_plain_server_is_a_tls_handshake_failure(
+    client_tls: ssl.SSLContext,
+) -> None:
+    async with ws_server(greet) as url:
+        failure = await failed(url.replace("ws://", "wss://"), ssl=client_tls)
+    assert failure.kind is FailureKind.NETWORK
+    assert failure.reason.startswith(TLS_HANDSHAKE)
+
+
+async def test_an_unreachable_proxy_is_a_refused_connection() -> None:
+    async with ws_server(greet) as url:
+        failure = await failed(url, proxy="http://127.0.0.1:1")
+    assert failure.kind is FailureKind.NETWORK
+    assert failure.reason.startswith(REFUSED)
+    assert "127.0.0.1:1" in failure.reason
+
+
+async def test_server_text_in_a_reason_is_redacted() -> None:
+    secret = "raw-application-key-0f3c"
+    _logging.register_secret(secret)
+    hook = http_answer("400 Bad Request", {}, f"unknown key {secret}".encode())
+    async with ws_server(idle, process_request=hook) as url:
+        failure = await failed(url)
+    assert secret not in failure.reason
+    assert failure.reason.startswith("Bad Request - unknown key [REDACTED]")
+
+    async def handler(websocket: ServerConnection) -> None:
+        await websocket.close(4400, f"bad input {secret}")
+
+    sink = Sink()
+    async with ws_server(handler) as url:
+        await connect(url, sink)
+        failure = await sink.failure()
+    assert failure.code == 4400
+    assert secret not in failure.reason
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "start"),
+    [
+        (socket.gaierror(-2, "Name or service not known"), FailureKind.NETWORK, NAME_NOT_FOUND),
+        (ConnectionRefusedError(111, "Connection refused"), FailureKind.NETWORK, REFUSED),
+        (TimeoutError(110, "Connection timed out"), FailureKind.NETWORK, TIMED_OUT),
+        (ConnectionResetError(104, "Connection reset by peer"), FailureKind.NETWORK, RESET),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER]"), FailureKind.NETWORK, TLS_HANDSHAKE),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), FailureKind.TLS, ""),
+    ],
+)
+def test_os_errors_are_told_apart(error: OSError, kind: FailureKind, start: str) -> None:
+    failure = network_failure(error, Stage("connecting to gateway.example:443"))
+    assert failure.kind is kind
+    assert failure.reason.startswith(start)
+    assert failure.code is None
 
 
 # --- resources ---------------------------------------------------------------------------------

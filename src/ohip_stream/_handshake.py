@@ -1,12 +1,13 @@
-"""What :mod:`ohip_stream._transport` checks before and after the opening handshake.
+"""What :mod:`ohip_stream._transport` does around the WebSocket: checks, the way there, endings.
 
-Before: the WebSocket URL and the upgrade request's headers (protocol §1: all
-headers together under 8 KB); a bad one raises ``ValueError`` with a reason that names what is
-wrong and quotes neither the URL's query (the key hash) nor a header value. Then the way to the
-server: TCP, TLS, the proxy's tunnel (:func:`connect_transport`). After: what ended an
-opening attempt, as a :class:`~ohip_stream._policy.Failure` for the policy (HTTP status and
-``Retry-After``, subprotocol, TLS verification, DNS, refusal, timeout, reset). Server text that
-enters a reason (an HTTP body, a reason phrase) is redacted first.
+Before: the WebSocket URL and the upgrade request's headers (protocol §1: all headers together
+under 8 KB); a bad one raises ``ValueError`` with a reason that names what is wrong and quotes
+neither the URL's query (the key hash) nor a header value. Then the way to the server: TCP, the
+proxy's tunnel, TLS (:func:`connect_transport`). After: what ended an opening attempt, as a
+:class:`~ohip_stream._policy.Failure` for the policy (HTTP status and ``Retry-After``,
+subprotocol, TLS verification, DNS, refusal, timeout, reset), and what ended an open connection
+(a close frame, 1009, a framing error, TCP lost). Server text that enters a reason (an HTTP
+body, a reason phrase, a close reason) is redacted first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Mapping
 
 from websockets.client import ClientProtocol
@@ -26,6 +28,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
     NegotiationError,
+    PayloadTooBig,
 )
 from websockets.http11 import Request
 from websockets.uri import WebSocketURI, parse_uri
@@ -44,8 +47,11 @@ __all__ = [
     "TLS_HANDSHAKE",
     "Stage",
     "authority",
+    "check_tunnel",
     "connect_transport",
+    "end_failure",
     "error_text",
+    "forget_tracebacks",
     "handshake_failure",
     "network_failure",
     "parse_url",
@@ -79,6 +85,15 @@ def parse_url(url: str) -> WebSocketURI:
         raise ValueError(f"invalid WebSocket URL: {redact(exc.msg)}") from None
 
 
+def check_tunnel(tunnel: ProxyAddress | None, uri: WebSocketURI) -> None:
+    """``ValueError`` for TLS inside a TLS tunnel on Python 3.10 (its start_tls cannot)."""
+    if tunnel is not None and tunnel.secure and uri.secure and sys.version_info < (3, 11):
+        raise ValueError(
+            "a wss:// connection through an https:// proxy needs Python 3.11 or later: use an "
+            "http:// proxy (the WebSocket is encrypted inside the tunnel all the same)"
+        )
+
+
 def upgrade_request(protocol: ClientProtocol, headers: Mapping[str, str]) -> Request:
     """The upgrade request with ``headers`` added (each replaces a header of that name).
 
@@ -104,12 +119,14 @@ def upgrade_request(protocol: ClientProtocol, headers: Mapping[str, str]) -> Req
 
 
 class Stage:
-    """What open_websocket is doing, for the reason of a timeout."""
+    """What open_websocket is doing: for the reason of a timeout or an error."""
 
-    __slots__ = ("now",)
+    __slots__ = ("now", "tls")
 
     def __init__(self, now: str) -> None:
         self.now = now
+        #: Whether the TLS handshake is under way (a reset then is a failed TLS handshake).
+        self.tls = False
 
 
 async def connect_transport(
@@ -120,40 +137,41 @@ async def connect_transport(
     stage: Stage,
     opened: list[asyncio.Transport],
 ) -> None:
-    """Open TCP to the server (through the proxy's tunnel if there is one) and TLS for wss.
+    """Open TCP to the server (through the proxy's tunnel if there is one), then TLS for wss.
 
     ``connection`` receives ``connection_made`` with the transport it will speak over. Every
     transport made is appended to ``opened`` at once, so that the caller can close it on any
-    error, timeout or cancellation; ``stage`` says what is under way, for a timeout's reason.
+    error, timeout or cancellation; ``stage`` says what is under way.
     """
     loop = asyncio.get_running_loop()
     if tunnel is None:
-        transport, _ = await loop.create_connection(
-            lambda: connection,
+        if context is None:
+            transport, _ = await loop.create_connection(lambda: connection, uri.host, uri.port)
+            opened.append(transport)
+            return
+        # TCP first, TLS apart (below): a failure then says which of the two failed.
+        raw, _ = await loop.create_connection(asyncio.Protocol, uri.host, uri.port)
+        opened.append(raw)
+    else:
+        stage.now = f"opening a tunnel through the proxy {authority(tunnel.host, tunnel.port)}"
+        raw = await open_tunnel(
+            tunnel,
             uri.host,
             uri.port,
-            ssl=context,
-            server_hostname=uri.host if context is not None else None,
+            proxy_ssl=(context or ssl.create_default_context()) if tunnel.secure else None,
+            opened=opened,
         )
-        opened.append(transport)
-        return
-    stage.now = f"opening a tunnel through the proxy {authority(tunnel.host, tunnel.port)}"
-    raw = await open_tunnel(
-        tunnel,
-        uri.host,
-        uri.port,
-        proxy_ssl=context or ssl.create_default_context(),
-        opened=opened,
-    )
-    if context is None:
-        raw.set_protocol(connection)
-        connection.connection_made(raw)
-        return
-    stage.now = f"TLS handshake with {authority(uri.host, uri.port)} through the proxy"
+        if context is None:
+            raw.set_protocol(connection)
+            connection.connection_made(raw)
+            return
+    stage.now = f"TLS handshake with {authority(uri.host, uri.port)}"
+    stage.tls = True
     secure = await loop.start_tls(raw, connection, context, server_hostname=uri.host)
     if secure is None:  # pragma: no cover - only for a transport that cannot start TLS
         raise ssl.SSLError("the transport cannot start TLS")
     opened.append(secure)
+    stage.tls = False
     connection.connection_made(secure)
 
 
@@ -211,12 +229,55 @@ def _retry_after(values: list[str]) -> float | None:
     return min(seconds, MAX_RETRY_AFTER)
 
 
-def network_failure(exc: OSError, stage: str) -> Failure:
-    """An OS or TLS error raised while ``stage`` (what was being done) was under way."""
+def end_failure(protocol: ClientProtocol, *, aborted: bool, lost: Exception | None) -> Failure:
+    """What ended an open connection, once TCP is closed (``lost``: connection_lost's error)."""
+    parser_exc = protocol.parser_exc
+    if isinstance(parser_exc, PayloadTooBig):
+        # We failed the connection with 1009 (RFC 6455 §7.4.1): a message above max_size.
+        return Failure(FailureKind.CLOSE, code=1009, reason=str(parser_exc))
+    if parser_exc is not None and not isinstance(parser_exc, EOFError):
+        # A framing error (RFC 6455 §5: bad opcode, masking, UTF-8 in a close reason...).
+        return Failure(FailureKind.MALFORMED, reason=redact(error_text(parser_exc)))
+    if protocol.close_rcvd is not None and not aborted:
+        received = protocol.close_rcvd
+        return Failure(FailureKind.CLOSE, code=received.code, reason=redact(received.reason))
+    if aborted:
+        reason = "aborted by the client"
+    elif lost is not None:
+        reason = f"{RESET} without a close frame: {error_text(lost)}"
+    else:
+        reason = f"{RESET} without a close frame"
+    return Failure(FailureKind.CLOSE, code=1006, reason=reason)
+
+
+def forget_tracebacks(*errors: BaseException | None) -> None:
+    """Drop the tracebacks of ``errors`` and of the errors they chain to.
+
+    The parser's errors are raised under data_received or connection_lost: their tracebacks
+    hold those frames, which hold the connection, which holds the protocol that holds the
+    errors. Once their reasons are taken, the tracebacks only make a reference cycle.
+    """
+    for error in errors:
+        seen: set[int] = set()
+        current = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            current.__traceback__ = None
+            current = current.__cause__ or current.__context__
+
+
+def network_failure(exc: OSError, stage: Stage) -> Failure:
+    """An OS or TLS error raised while ``stage`` was under way."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure(FailureKind.TLS, reason=str(exc))
-    if isinstance(exc, ssl.SSLError):
-        return Failure(FailureKind.NETWORK, reason=f"{TLS_HANDSHAKE}: {error_text(exc)}")
+    if isinstance(exc, ssl.SSLError) or (stage.tls and isinstance(exc, ConnectionError)):
+        return Failure(
+            FailureKind.NETWORK, reason=f"{TLS_HANDSHAKE}: {stage.now}: {error_text(exc)}"
+        )
+    return _os_failure(exc, stage.now)
+
+
+def _os_failure(exc: OSError, stage: str) -> Failure:
     if isinstance(exc, socket.gaierror):
         return Failure(FailureKind.NETWORK, reason=f"{NAME_NOT_FOUND}: {stage}: {error_text(exc)}")
     if isinstance(exc, ConnectionRefusedError):

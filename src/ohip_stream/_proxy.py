@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from ohip_stream._logging import redact
 from ohip_stream._policy import Failure, FailureKind
 
-__all__ = ["ProxyAddress", "open_tunnel", "parse_proxy"]
+__all__ = ["ProxyAddress", "ProxyError", "open_tunnel", "parse_proxy"]
 
 #: The proxy's answer to CONNECT (status line and headers) must fit in this many bytes.
 _MAX_ANSWER = 8192

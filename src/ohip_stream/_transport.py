@@ -1,19 +1,23 @@
 """One WebSocket client connection, driven by websockets' public sans-I/O API over asyncio.
 
 :func:`open_websocket` owns everything between the socket and whole messages: TCP, TLS (the
-loop's ``create_connection(ssl=...)``), the HTTP CONNECT tunnel through a proxy
-(:mod:`ohip_stream._proxy`, then ``loop.start_tls``), the opening handshake, fragment assembly,
-the closing handshake and flow control. websockets' :class:`~websockets.client.ClientProtocol`
-parses and serializes; an :class:`asyncio.Protocol` pumps bytes into it (``data_received`` ->
-``receive_data`` -> ``events_received``) as websockets' guide "Integrate the Sans-I/O layer"
-describes, and hands each whole message to a :class:`FrameSink` with one synchronous call: no
-task, future or coroutine per frame.
+loop's ``start_tls`` once TCP is up), the HTTP CONNECT tunnel through a proxy
+(:mod:`ohip_stream._proxy`), the opening handshake (:mod:`ohip_stream._handshake` checks what
+goes in and classifies what went wrong), fragment assembly, the closing handshake and flow
+control. Why: only websockets' documented API is used (issue 17), and the per-message path stays
+lean. websockets' :class:`~websockets.client.ClientProtocol` parses and serializes; an
+:class:`asyncio.Protocol` pumps bytes into it (``data_received`` -> ``receive_data`` ->
+``events_received``) as websockets' guide "Integrate the Sans-I/O layer" describes, and hands
+each whole message to a :class:`FrameSink` with one synchronous call: no task, future or
+coroutine per message. WebSocket pings are answered by websockets (RFC 6455 §5.5.2); there is
+no keepalive here (OHIP's liveness is the graphql-level ping, above this layer).
 
 States of a connection::
 
-    CONNECTING  open_websocket runs: TCP, TLS, proxy tunnel, upgrade request, waiting for 101.
+    CONNECTING  open_websocket runs: TCP, proxy tunnel, TLS, upgrade request, waiting for 101.
                 Any failure raises Failed(Failure) and closes the socket; the sink hears nothing.
-    OPEN        open_websocket returned. Messages flow to sink.frame_received, in order.
+    OPEN        open_websocket returned. Messages flow to sink.frame_received, in order (those
+                that came with the 101 are delivered just after open_websocket returns).
     CLOSING     a close frame was sent (close(), or websockets failed the connection: 1009,
                 1002) or received; the server closes TCP (RFC 6455 §7.1.1: the server closes
                 first), or close_timeout later we drop it.
@@ -33,7 +37,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import PayloadTooBig
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -50,8 +53,11 @@ from ohip_stream._handshake import (
     TLS_HANDSHAKE,
     Stage,
     authority,
+    check_tunnel,
     connect_transport,
+    end_failure,
     error_text,
+    forget_tracebacks,
     handshake_failure,
     network_failure,
     parse_url,
@@ -167,8 +173,9 @@ class _Connection(asyncio.Protocol):
         self._close_timeout = close_timeout
         self._loop = loop
         self.transport: asyncio.Transport | None = None
-        #: Set when the 101 arrives (None: opened) or the handshake fails (Failed).
-        self.opening: asyncio.Future[None] | None = loop.create_future()
+        #: Resolved when the 101 arrives (None) or the handshake fails (the Failure); a result,
+        #: not an exception, so that no traceback ties the future to the frames awaiting it.
+        self.opening: asyncio.Future[Failure | None] | None = loop.create_future()
         #: Messages received between the 101 and the return of open_websocket (None after),
         #: delivered once the caller holds the handle; likewise the end, if it came that soon.
         self._early: list[Any] | None = None
@@ -238,6 +245,10 @@ class _Connection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            # Python 3.10's TLS transport is not marked closed by the end of the connection
+            # (it would warn "unclosed transport" when collected): close it, a no-op otherwise.
+            self.transport.close()
         self.transport = None
         if self.ended:
             return  # dropped by a failed open_websocket: the sink hears nothing
@@ -246,13 +257,11 @@ class _Connection(asyncio.Protocol):
         if opening is not None:
             if not opening.done():
                 detail = f": {error_text(exc)}" if exc is not None else ""
-                opening.set_exception(
-                    Failed(
-                        Failure(
-                            FailureKind.NETWORK,
-                            reason=f"{RESET}: the server closed the connection during the "
-                            f"WebSocket handshake{detail}",
-                        )
+                opening.set_result(
+                    Failure(
+                        FailureKind.NETWORK,
+                        reason=f"{RESET}: the server closed the connection during the "
+                        f"WebSocket handshake{detail}",
                     )
                 )
             self._finish()
@@ -264,7 +273,7 @@ class _Connection(asyncio.Protocol):
         self._end(exc)
 
     def _end(self, exc: Exception | None) -> None:
-        failure = self._end_failure(exc)
+        failure = end_failure(self._protocol, aborted=self._aborted, lost=exc)
         self._finish()
         self._sink.connection_ended(failure)
 
@@ -307,7 +316,7 @@ class _Connection(asyncio.Protocol):
                 self._expect_close()
             return
         if not opening.done():
-            opening.set_exception(Failed(failure))
+            opening.set_result(failure)
 
     def hand_out(self) -> None:
         """open_websocket is returning the handle: what came meanwhile is delivered soon."""
@@ -385,38 +394,18 @@ class _Connection(asyncio.Protocol):
 
     # --- the end -------------------------------------------------------------------------------
 
-    def _end_failure(self, exc: Exception | None) -> Failure:
-        protocol = self._protocol
-        parser_exc = protocol.parser_exc
-        if isinstance(parser_exc, PayloadTooBig):
-            # We failed the connection with 1009 (RFC 6455 §7.4.1): a message above max_size.
-            return Failure(FailureKind.CLOSE, code=1009, reason=str(parser_exc))
-        if parser_exc is not None and not isinstance(parser_exc, EOFError):
-            # A framing error (RFC 6455 §5: bad opcode, masking, UTF-8 in a close reason...).
-            return Failure(FailureKind.MALFORMED, reason=redact(error_text(parser_exc)))
-        if protocol.close_rcvd is not None and not self._aborted:
-            received = protocol.close_rcvd
-            return Failure(FailureKind.CLOSE, code=received.code, reason=redact(received.reason))
-        if self._aborted:
-            reason = "aborted by the client"
-        elif exc is not None:
-            reason = f"{RESET} without a close frame: {error_text(exc)}"
-        else:
-            reason = f"{RESET} without a close frame"
-        return Failure(FailureKind.CLOSE, code=1006, reason=reason)
-
     def _finish(self) -> None:
         self.ended = True
         self._fragments = None
+        forget_tracebacks(self._protocol.parser_exc, self._protocol.handshake_exc)
         if not self.closed.done():
             self.closed.set_result(None)
 
     def drop(self) -> None:
         """Close the socket at once, without telling the sink (the open failed)."""
         self.ended = True
-        # The failed future holds the exception whose traceback holds the caller's frame,
-        # which holds this connection: let go of it so that no cycle is left.
         self.opening = None
+        forget_tracebacks(self._protocol.parser_exc, self._protocol.handshake_exc)
         if self.transport is not None:
             self.transport.abort()
 
@@ -448,6 +437,7 @@ async def open_websocket(
     try:
         uri = parse_url(url)
         tunnel = None if proxy is None else parse_proxy(proxy)
+        check_tunnel(tunnel, uri)
         protocol = ClientProtocol(
             uri,
             subprotocols=[Subprotocol(subprotocol)],
@@ -468,7 +458,9 @@ async def open_websocket(
                 stage.now = "waiting for the answer to the WebSocket upgrade"
                 connection.start_handshake(request)
                 assert connection.opening is not None
-                await connection.opening
+                failure = await connection.opening
+                if failure is not None:
+                    raise Failed(failure)
         except TimeoutError:
             raise Failed(
                 Failure(
@@ -479,7 +471,9 @@ async def open_websocket(
         except ProxyError as exc:
             raise Failed(exc.failure) from None
         except OSError as exc:
-            raise Failed(network_failure(exc, stage.now)) from None
+            # Python 3.10's create_connection keeps its errors in a local of the frame that
+            # raised them: a cycle through the traceback, which would hold this connection.
+            raise Failed(network_failure(exc.with_traceback(None), stage)) from None
     except BaseException:
         connection.drop()
         for transport in opened:

@@ -2,7 +2,8 @@
 
 ``async with ConnectProxy() as proxy`` listens on 127.0.0.1 (``proxy.url``); with
 ``credentials=("user", "pass")`` it answers 407 to a CONNECT without the matching
-``Proxy-Authorization``. ``proxy.tunnels`` counts the tunnels opened, ``proxy.requests`` keeps
+``Proxy-Authorization``; with ``tls=`` (a server context) it is an https proxy.
+``proxy.tunnels`` counts the tunnels opened, ``proxy.requests`` keeps
 each CONNECT's request line.
 """
 
@@ -11,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 from types import TracebackType
 
 
 class ConnectProxy:
     """A forward proxy that only does CONNECT."""
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, credentials: tuple[str, str] | None = None, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._credentials = credentials
+        self._tls = tls
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.tunnels = 0
@@ -27,11 +32,12 @@ class ConnectProxy:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``, without credentials."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:<port>`` (``https`` when it speaks TLS), without credentials."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> ConnectProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

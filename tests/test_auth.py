@@ -406,7 +406,7 @@ async def test_jwt_exp_in_the_past_falls_back_to_expires_in(
 ) -> None:
     value = make_jwt(exp=START - 100)
     router.post(TOKEN_URL).respond(200, json=token_body(value, 3600))
-    with caplog.at_level(logging.WARNING, logger="ohip_stream._auth"):
+    with caplog.at_level(logging.WARNING, logger="ohip_stream.auth"):
         token = await cc.get_token()
     assert token.expires_at == START + 3600
     assert any("clock" in r.getMessage() for r in caplog.records)
@@ -975,7 +975,7 @@ async def test_no_secret_in_any_log_record(
         try:
             await provider.get_token()
         except TransportError:
-            logging.getLogger("ohip_stream._auth").exception("token failure")
+            logging.getLogger("ohip_stream.auth").exception("token failure")
         else:
             raise AssertionError("expected a TransportError")
 
@@ -1276,7 +1276,7 @@ def test_a_refused_proxy_url_does_not_show_its_password(
     with pytest.raises(ConfigurationError, match="proxy") as info:
         OAuthClientCredentials(**cc_kwargs(proxy=proxy))
     # What an application (or the CLI) logs about it, through the library's loggers.
-    logging.getLogger("ohip_stream._auth").error("cannot start: %s (%s)", info.value, proxy)
+    logging.getLogger("ohip_stream.auth").error("cannot start: %s (%s)", info.value, proxy)
     assert PROXY_PASSWORD not in str(info.value)
     assert PROXY_PASSWORD not in caplog.text
 
@@ -1287,7 +1287,7 @@ def test_a_percent_encoded_proxy_password_is_hidden_both_ways(
     caplog.set_level(logging.DEBUG)
     proxy = "http://proxyuser:pr0xy%40Pass%3Aw0rd@proxy.example:3128"
     provider = OAuthClientCredentials(**cc_kwargs(proxy=proxy))
-    logging.getLogger("ohip_stream._auth").debug("%r via %s (pr0xy@Pass:w0rd)", provider, proxy)
+    logging.getLogger("ohip_stream.auth").debug("%r via %s (pr0xy@Pass:w0rd)", provider, proxy)
     for password in ("pr0xy@Pass:w0rd", "pr0xy%40Pass%3Aw0rd"):
         assert password not in repr(provider)
         assert password not in caplog.text

@@ -116,7 +116,7 @@ async def test_a_session_with_failures_logs_no_secret_at_debug(
             async with stream:
                 assert await _take(stream, 3) == ["1", "2", "3"]
                 objects.append(await auth.get_token())
-                objects.append(stream._conn)
+                objects.append(stream._connector.session if stream._connector else None)
                 await emu.expire_tokens()  # 4401: a new token
                 await emu.publish(1)
                 assert await _take(stream, 1) == ["4"]
@@ -164,7 +164,7 @@ async def test_a_session_with_failures_logs_no_secret_at_debug(
     assert stream.stats.reconnects.get("1006", 0) >= 1
     assert sum(name.startswith("access token") for name in secrets) >= 2
     assert len(root_debug.records) > 100
-    assert {"ohip_stream.websockets", "httpx", "httpcore.http11", "ohip_stream._stream"} <= {
+    assert {"ohip_stream.websockets", "httpx", "httpcore.http11", "ohip_stream.stream"} <= {
         r.name for r in root_debug.records
     }, "the capture must include the libraries' DEBUG records"
     assert any(r.name.startswith(("aiohttp", "ohip_stream.testing")) for r in root_debug.records)
@@ -216,24 +216,24 @@ def test_the_cli_with_verbose_prints_no_secret(
             outputs.append((list(argv), code, out + err))
             return code
 
-        assert run("--verbose", "tail", "--max-events", "3") == 0
+        assert run("-vv", "tail", "--max-events", "3") == 0
         assert run("tail", "-v", "--max-events", "1") == 0
         assert run("--verbose", "checkpoint", "show", "--json") == 0
         assert run("--verbose", "replay", "--from-offset", "1", "--to-offset", "3") == 0
         # Failures, with --verbose showing where they came from.
         monkeypatch.setenv("OHIP_CLIENT_SECRET", "wrong-" + emu.client_secret)
-        assert run("--verbose", "tail", "--max-events", "1") == 1
+        assert run("-vv", "tail", "--max-events", "1") == 1
         monkeypatch.setenv("OHIP_CLIENT_SECRET", emu.client_secret)
         asyncio.run(emu.revoke_credentials())
-        assert run("--verbose", "tail", "--max-events", "1") == 1
+        assert run("-vv", "tail", "--max-events", "1") == 1
         asyncio.run(emu.restore_credentials())
         monkeypatch.setenv("OHIP_USERNAME", emu.username)
         monkeypatch.setenv("OHIP_PASSWORD", emu.password)
-        assert run("--verbose", "tail", "--max-events", "1") == 2  # both grants at once
+        assert run("-vv", "tail", "--max-events", "1") == 2  # both grants at once
         secrets = secrets_of(emu)
         secrets["wrong secret"] = "wrong-" + emu.client_secret
     printed = "\n".join(text for _, _, text in outputs)
-    assert "DEBUG" in printed  # --verbose did turn on the libraries' DEBUG records
+    assert "DEBUG" in printed  # -vv did turn on the libraries' DEBUG records
     assert "Traceback" in printed  # and showed where the failures came from
     for argv, code, text in outputs:
         assert not leaks(text, secrets), (argv, code, leaks(text, secrets))

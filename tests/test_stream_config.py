@@ -1,4 +1,4 @@
-"""EventStream configuration is checked at __aenter__, before any network I/O."""
+"""EventStream configuration is checked in the constructor, before any network I/O."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ohip_stream import (
     StaticToken,
     Timings,
 )
+from ohip_stream._session import rotation_deadline
 from ohip_stream._stream import stream_id_for
 
 KEY = "41ecd082-8997-4c69-af34-2f72b83645ff"
@@ -55,9 +56,8 @@ def make(tmp_path: Path, **overrides: Any) -> EventStream:
 async def test_bad_configuration_is_refused_before_io(
     tmp_path: Path, overrides: dict[str, Any], fragment: str
 ) -> None:
-    stream = make(tmp_path, **overrides)
     with pytest.raises(ConfigurationError, match=fragment):
-        await stream.__aenter__()
+        make(tmp_path, **overrides)
     # Nothing was taken: the same stream can be opened with a good configuration.
     async with make(tmp_path):
         pass
@@ -97,16 +97,20 @@ async def test_stream_id_is_safe_to_print(tmp_path: Path) -> None:
     assert stream.stream_id in repr(stream)
 
 
-def test_rotation_deadline_is_the_earlier_of_rotate_after_and_expiry_minus_margin(
-    tmp_path: Path,
-) -> None:
-    stream = make(tmp_path)
-    # margin 0 for a static token: rotate_after (3000 s) comes first for a 1-hour token.
-    assert stream._rotation_deadline(AccessToken("t", 1000.0, 4600.0)) == 4000.0
-    # A 10-minute token: expiry first.
-    assert stream._rotation_deadline(AccessToken("t", 1000.0, 1600.0)) == 1600.0
+def test_rotation_deadline_is_the_earlier_of_rotate_after_and_expiry_minus_margin() -> None:
+    def deadline(token: AccessToken, margin: float = 0.0, renewable: bool = True) -> float | None:
+        return rotation_deadline(token, rotate_after=3000.0, margin=margin, renewable=renewable)
+
+    # rotate_after (3000 s) comes first for a 1-hour token.
+    assert deadline(AccessToken("t", 1000.0, 4600.0)) == 4000.0
+    # A 10-minute token: expiry first (minus the margin, at most half the lifetime).
+    assert deadline(AccessToken("t", 1000.0, 1600.0)) == 1600.0
+    assert deadline(AccessToken("t", 1000.0, 1600.0), margin=60.0) == 1540.0
+    assert deadline(AccessToken("t", 1000.0, 1600.0), margin=1e6) == 1300.0
     # No expiry: never forced.
-    assert stream._rotation_deadline(AccessToken("t", 1000.0, None)) is None
+    assert deadline(AccessToken("t", 1000.0, None)) is None
+    # A token the provider cannot renew is used until the gateway refuses it.
+    assert deadline(AccessToken("t", 1000.0, 4600.0), renewable=False) is None
 
 
 async def test_streams_of_one_key_share_the_upgrade_budget(tmp_path: Path) -> None:
@@ -117,14 +121,13 @@ async def test_streams_of_one_key_share_the_upgrade_budget(tmp_path: Path) -> No
         make(tmp_path, chain_code="CHAIN2", timings=timings) as second,
         make(tmp_path, app_key=other_key, timings=timings) as third,
     ):
-        assert first._budget is not None
-        assert second._budget is not None
-        assert third._budget is not None
-        assert first._budget is second._budget
-        assert third._budget is not first._budget
+        budgets = [stream._connector.budget for stream in (first, second, third) if stream._connector]
+        assert len(budgets) == 3
+        assert budgets[0] is budgets[1]
+        assert budgets[2] is not budgets[0]
         now = time.monotonic()
-        first._budget.record(now)
-        first._budget.record(now)
+        budgets[0].record(now)
+        budgets[0].record(now)
         # Oracle counts upgrades per key: the other chain of the key must wait too.
-        assert second._budget.wait_time(now) > 0
-        assert third._budget.wait_time(now) == 0
+        assert budgets[1].wait_time(now) > 0
+        assert budgets[2].wait_time(now) == 0

@@ -152,15 +152,14 @@ async def test_plain_text_to_another_host_is_refused_unless_allowed(
     tmp_path: Path, url: str
 ) -> None:
     key = "0f5e4a2c-1111-4222-8333-444455556666"
-    stream = EventStream(
-        gateway_url=url,
-        app_key=key,
-        chain_code="OHIPCN",
-        auth=StaticToken("t" * 40),
-        lock_dir=tmp_path / "locks",
-    )
     with pytest.raises(ConfigurationError, match="allow_insecure"):
-        await stream.__aenter__()
+        EventStream(
+            gateway_url=url,
+            app_key=key,
+            chain_code="OHIPCN",
+            auth=StaticToken("t" * 40),
+            lock_dir=tmp_path / "locks",
+        )
     async with EventStream(
         gateway_url=url,
         app_key=key,

@@ -14,7 +14,7 @@ from ohip_stream._logging import get_logger, redact, register_secret
 
 __all__ = ["Answer", "token_from"]
 
-_log = get_logger("ohip_stream._auth")
+_log = get_logger("ohip_stream.auth")
 
 # Protocol §8: 400, 401 (bad client, user, password or scope) and 403. What to check for each.
 _STATUS_HINTS = {

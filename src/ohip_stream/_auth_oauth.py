@@ -31,7 +31,7 @@ from ohip_stream._logging import get_logger, install_redaction, redact
 
 __all__ = ["TokenEndpoint"]
 
-_log = get_logger("ohip_stream._auth")
+_log = get_logger("ohip_stream.auth")
 
 
 class TokenEndpoint:

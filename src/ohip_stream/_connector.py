@@ -96,8 +96,9 @@ class Connector:
         """Connect, serve and reconnect until a stop; a fatal error is raised."""
         while not self.life.stopping:
             await self._before_connect()
-            if self.life.stopping or not self.life.to(StreamState.CONNECTING):
+            if self.life.stopping:
                 break
+            self.life.to(StreamState.CONNECTING)
             session = self.session = Session(
                 self.config,
                 clock=self.clock,

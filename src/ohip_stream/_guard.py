@@ -33,7 +33,7 @@ from ohip_stream._logging import get_logger
 
 __all__ = ["STALE_AFTER", "GuardScope", "StreamGuard", "default_lock_dir", "prepare_lock_dir"]
 
-_log = get_logger("ohip_stream._guard")
+_log = get_logger("ohip_stream.guard")
 
 GuardScope = Literal["stream", "app_key"]
 

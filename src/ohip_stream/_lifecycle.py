@@ -6,6 +6,7 @@
     LIVE / COMPLETING --complete sent--> DRAINING --server closed--> WAITING (the gap)
     CONNECTING / LIVE / COMPLETING / DRAINING --failure--> WAITING (backoff, lockout, budget)
     WAITING --wait over--> CONNECTING
+    LIVE / COMPLETING / DRAINING --ended, nothing to wait for--> CONNECTING
     any but CLOSED --request_stop() / leaving the block--> STOPPING --> CLOSED
 
 A planned rotation goes LIVE -> (COMPLETING ->) DRAINING -> WAITING -> CONNECTING; a stop goes
@@ -45,9 +46,11 @@ class StreamState(enum.Enum):
 _S = StreamState
 _ALLOWED: dict[StreamState, frozenset[StreamState]] = {
     _S.CONNECTING: frozenset({_S.LIVE, _S.WAITING, _S.STOPPING, _S.CLOSED}),
-    _S.LIVE: frozenset({_S.COMPLETING, _S.DRAINING, _S.WAITING, _S.STOPPING, _S.CLOSED}),
-    _S.COMPLETING: frozenset({_S.DRAINING, _S.WAITING, _S.STOPPING, _S.CLOSED}),
-    _S.DRAINING: frozenset({_S.WAITING, _S.STOPPING, _S.CLOSED}),
+    _S.LIVE: frozenset(
+        {_S.COMPLETING, _S.DRAINING, _S.WAITING, _S.CONNECTING, _S.STOPPING, _S.CLOSED}
+    ),
+    _S.COMPLETING: frozenset({_S.DRAINING, _S.WAITING, _S.CONNECTING, _S.STOPPING, _S.CLOSED}),
+    _S.DRAINING: frozenset({_S.WAITING, _S.CONNECTING, _S.STOPPING, _S.CLOSED}),
     _S.WAITING: frozenset({_S.CONNECTING, _S.STOPPING, _S.CLOSED}),
     _S.STOPPING: frozenset({_S.CLOSED}),
     _S.CLOSED: frozenset(),

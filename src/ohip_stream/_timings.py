@@ -11,7 +11,7 @@ from ohip_stream._logging import get_logger
 
 __all__ = ["ORACLE_MINIMUMS", "Timings"]
 
-_log = get_logger("ohip_stream._timings")
+_log = get_logger("ohip_stream.timings")
 
 # Values below these break or risk breaking Oracle's rules: allowed (tests compress time), but
 # logged at WARNING. (ping_interval has a maximum instead: 15 s.)

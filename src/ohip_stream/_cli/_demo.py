@@ -131,7 +131,7 @@ class _View:
         self.console.print(Text(message, style=style))
 
     def log_record(self, record: logging.LogRecord) -> None:
-        if record.name == "ohip_stream._timings":
+        if record.name == "ohip_stream.timings":
             return  # the compressed timings are the point of the demo, and said on screen
         text = Text(f"{record.levelname.lower()}: {one_line(record.getMessage())}", style="dim")
         if self.json:

@@ -40,8 +40,13 @@ def test_a_stop_is_reachable_from_anywhere_and_never_left_for_a_connection(start
 
 @pytest.mark.parametrize(
     ("start", "target"),
-    [(S.CONNECTING, S.DRAINING), (S.WAITING, S.LIVE), (S.DRAINING, S.LIVE), (S.CLOSED, S.LIVE),
-     (S.WAITING, S.DRAINING)],
+    [
+        (S.CONNECTING, S.DRAINING),
+        (S.WAITING, S.LIVE),
+        (S.DRAINING, S.LIVE),
+        (S.CLOSED, S.LIVE),
+        (S.WAITING, S.DRAINING),
+    ],
 )
 def test_transitions_outside_the_table_are_refused(start: S, target: S) -> None:
     life = Lifecycle()

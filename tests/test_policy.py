@@ -46,7 +46,6 @@ from ohip_stream._policy import (
 
 # ProtocolError and MessageTooLargeError become non-retriable classes with the error tree's
 # change (issue 17); until then they are the only fatal errors whose class says retriable.
-_STILL_RETRIABLE = tuple(c for c in (ProtocolError, MessageTooLargeError) if c.retriable)
 
 T = Timings()
 
@@ -427,7 +426,7 @@ def test_gap_invariant_and_sane_actions(
         error = action.error
         assert error is not None
         assert "retriable" not in vars(error)
-        assert error.retriable is False or isinstance(error, (RateLimitedError, *_STILL_RETRIABLE))
+        assert error.retriable is False or isinstance(error, RateLimitedError)
         assert action.delay == 0
     else:
         assert action.error is None
@@ -674,18 +673,6 @@ def test_the_policy_imports_neither_websockets_nor_ssl_nor_asyncio() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_classify_exception_is_still_reachable_from_the_policy() -> None:
-    from ohip_stream import _policy
-
-    failure = _policy.classify_exception(ConnectionRefusedError(111, "refused"))
-    assert failure.kind is FailureKind.NETWORK
-
-
-@pytest.mark.xfail(
-    bool(_STILL_RETRIABLE),
-    reason="ProtocolError and MessageTooLargeError become non-retriable classes (issue 17)",
-    strict=True,
-)
 def test_every_fatal_error_class_is_final() -> None:
     for failure, state in [
         (close(1009), first(same_offset_failures=3)),

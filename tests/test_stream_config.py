@@ -121,7 +121,9 @@ async def test_streams_of_one_key_share_the_upgrade_budget(tmp_path: Path) -> No
         make(tmp_path, chain_code="CHAIN2", timings=timings) as second,
         make(tmp_path, app_key=other_key, timings=timings) as third,
     ):
-        budgets = [stream._connector.budget for stream in (first, second, third) if stream._connector]
+        budgets = [
+            stream._connector.budget for stream in (first, second, third) if stream._connector
+        ]
         assert len(budgets) == 3
         assert budgets[0] is budgets[1]
         assert budgets[2] is not budgets[0]

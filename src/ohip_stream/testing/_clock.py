@@ -17,6 +17,7 @@ import asyncio
 import heapq
 import itertools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,12 +43,14 @@ class _Timer:
 
 
 class FakeClock:
-    """Virtual time: :meth:`monotonic` starts at 0, :meth:`time` at ``start_time``; nothing
-    moves until :meth:`advance` is awaited."""
+    """Virtual time: :meth:`monotonic` starts at 0, :meth:`time` at ``start_time`` (default: the
+    real wall-clock time when the clock is made, so that files written with it, such as the
+    host's upgrade and completion records, are not taken for stale); nothing moves until
+    :meth:`advance` is awaited."""
 
-    def __init__(self, start_time: float = 1_700_000_000.0) -> None:
+    def __init__(self, start_time: float | None = None) -> None:
         self._now = 0.0
-        self._epoch = start_time
+        self._epoch = time.time() if start_time is None else start_time
         self._timers: list[_Timer] = []
         self._sequence = itertools.count()
 

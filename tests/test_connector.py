@@ -181,6 +181,7 @@ async def test_a_restarted_process_keeps_the_upgrade_budget(tmp_path: Path) -> N
         assert first._connector is not None
         for _ in range(3):
             first._connector._record_upgrade()
+            await clock.advance(0.5)
     del first  # the process's budget goes with its last stream
     import gc
 

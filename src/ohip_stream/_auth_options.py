@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import ssl
@@ -19,6 +18,7 @@ from typing_extensions import Required, TypedDict
 from ohip_stream._auth_tokens import number
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import REDACTED, register_secret
+from ohip_stream._net import parse_gateway, refuse_plain_http, tls_context
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -140,8 +140,9 @@ def resolve_options(owner: str, options: OAuthOptions) -> ResolvedOptions:
         # RFC 7617: the user-id of Basic credentials cannot contain a colon.
         raise ConfigurationError("client_id must not contain ':' (RFC 7617 Basic credentials)")
     proxy, proxy_shown = check_proxy(options.get("proxy"))
-    gateway_url, host = _normalize_gateway(options.get("gateway_url"))
-    _refuse_plain_http(gateway_url, host, options.get("allow_insecure", False) is True)
+    gateway_url, host = _gateway(
+        options.get("gateway_url"), options.get("allow_insecure", False) is True
+    )
     http_client = options.get("http_client")
     clock = options.get("clock", time.time)
     sleep = options.get("sleep", asyncio.sleep)
@@ -242,49 +243,24 @@ def _check_client(
     return http_client
 
 
-def _refuse_plain_http(gateway_url: str, host: str, allow_insecure: bool) -> None:
-    if urlsplit(gateway_url).scheme != "http" or allow_insecure or host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ConfigurationError(
-        f"gateway_url uses plain http for {host}: the client secret and the tokens would cross "
-        "the network unencrypted. Use https, or pass allow_insecure=True for a test gateway"
-    )
-
-
-_URL_HINT = "pass the gateway's base URL, https://<host>[:<port>]"
-
-
-def _normalize_gateway(gateway_url: object) -> tuple[str, str]:
-    """The gateway URL without a trailing slash, and its host (for reprs and messages)."""
-    url = require("gateway_url", gateway_url).strip()
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise ConfigurationError(f"gateway_url is not a valid URL ({exc}): {_URL_HINT}") from None
-    if parts.username or parts.password:
-        register_secret(parts.password and unquote(parts.password), parts.password)
-        raise ConfigurationError(
-            "gateway_url must not carry credentials: pass client_id= and client_secret="
-        )
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+def _gateway(gateway_url: object, allow_insecure: bool) -> tuple[str, str]:
+    """The gateway URL without a trailing slash and its host, checked by the one gateway
+    parser; plain http only to this machine (or when allowed)."""
+    gateway = parse_gateway(gateway_url)
+    if urlsplit(gateway.url).scheme not in ("https", "http"):
         raise ConfigurationError(
             "gateway_url must be an http(s) URL such as https://<host>, the gateway's base URL "
-            f"(the token endpoint is <gateway_url>{TOKEN_PATH}); got a URL with scheme "
-            f"{parts.scheme or 'none'!r}"
+            f"(the token endpoint is <gateway_url>{TOKEN_PATH})"
         )
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"gateway_url must not have a query or fragment: {_URL_HINT}")
+    refuse_plain_http(gateway, allow_insecure=allow_insecure, what="the client secret and tokens")
     try:
-        httpx.URL(url + TOKEN_PATH)
+        httpx.URL(gateway.url + TOKEN_PATH)
     except (httpx.InvalidURL, ValueError) as exc:
-        raise ConfigurationError(f"gateway_url is not a valid URL ({exc}): {_URL_HINT}") from None
-    return url.rstrip("/"), parts.hostname
+        raise ConfigurationError(
+            f"gateway_url is not a valid URL ({exc}): pass the gateway's base URL, "
+            "https://<host>[:<port>]"
+        ) from None
+    return gateway.url, urlsplit(gateway.url).hostname or gateway.host
 
 
 def check_proxy(proxy: object) -> tuple[Proxy, str | None]:
@@ -334,14 +310,7 @@ def _ssl_context(verify: object) -> bool | ssl.SSLContext:
     if isinstance(verify, bool | ssl.SSLContext):
         return verify
     if isinstance(verify, str | os.PathLike):
-        path = os.fspath(verify)
-        try:
-            return ssl.create_default_context(cafile=path)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"verify={path!r} is not a readable PEM CA file: pass the path of the CA "
-                "bundle that signed the gateway's certificate"
-            ) from exc
+        return tls_context(verify, name="verify=")
     raise ConfigurationError(
         "verify must be True, False, a CA file path or an ssl.SSLContext, "
         f"got {type(verify).__name__}"

@@ -12,14 +12,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ohip_stream._budget import key_id
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import register_secret
-from ohip_stream._net import GatewayAddress, parse_gateway, stream_id_for, tls_context
+from ohip_stream._net import (
+    GatewayAddress,
+    parse_gateway,
+    refuse_plain_http,
+    stream_id_for,
+    tls_context,
+)
 from ohip_stream._protocol import hash_app_key
+from ohip_stream._proxy import parse_proxy
 from ohip_stream._query import SubscriptionDocument, build_subscription
 from ohip_stream._timings import Timings
 
@@ -137,11 +144,7 @@ def build_config(
         )
     if not isinstance(timings, Timings):
         raise ConfigurationError("timings must be a Timings instance, e.g. Timings(lockout=180)")
-    if not gateway.secure and not gateway.loopback and not allow_insecure:
-        raise ConfigurationError(
-            f"gateway_url uses plain http for {gateway.host}: tokens and events would cross the "
-            "network unencrypted. Use https, or pass allow_insecure=True for a test gateway"
-        )
+    refuse_plain_http(gateway, allow_insecure=allow_insecure, what="tokens and events")
     if not (on_invalid in ("raise", "skip") or callable(on_invalid)):
         raise ConfigurationError("on_invalid must be 'raise', 'skip' or a callback(raw, error)")
     queue = _whole("queue_size", queue_size, minimum=1)
@@ -233,28 +236,19 @@ def _message_size(value: object) -> int | None:
 
 
 def _proxy(value: object) -> str | None:
+    """A proxy for the WebSocket: an HTTP CONNECT proxy, checked by the transport's parser (its
+    password is registered as a secret first, so no message shows it)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ConfigurationError("proxy must be a URL string such as http://proxy.example:3128")
-    return check_proxy(value)
-
-
-def check_proxy(value: str) -> str:
-    """Check a proxy URL (``http://[user:password@]host:port``); its password is registered as
-    a secret and never appears in a message."""
     try:
-        parts = urlsplit(value.strip())
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        raw = urlsplit(value.strip()).password
     except ValueError:
-        raise ConfigurationError(
-            "proxy is not a valid URL: pass http://[user:password@]host:port"
-        ) from None
-    if parts.password:
-        register_secret(parts.password)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            "proxy must be an http:// or https:// URL of an HTTP CONNECT proxy "
-            f"(host:port), got scheme {parts.scheme or 'none'!r}"
-        )
+        raw = None
+    register_secret(raw and unquote(raw), raw)
+    try:
+        parse_proxy(value.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"proxy: {exc}") from None
     return value.strip()

@@ -19,15 +19,17 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._logging import register_secret
 
 __all__ = [
     "GatewayAddress",
     "is_loopback",
     "legacy_stream_id",
     "parse_gateway",
+    "refuse_plain_http",
     "stream_id_for",
     "tls_context",
 ]
@@ -90,7 +92,10 @@ def parse_gateway(url: object, *, option: str = "gateway_url") -> GatewayAddress
             f"got one with scheme {parts.scheme or 'none'!r} or without a host"
         )
     if parts.username or parts.password:
-        raise ConfigurationError(f"{option} must not carry credentials: pass them to auth")
+        register_secret(parts.password and unquote(parts.password), parts.password)
+        raise ConfigurationError(
+            f"{option} must not carry credentials: pass client_id= and client_secret= to auth"
+        )
     if parts.query or parts.fragment:
         raise ConfigurationError(
             f"{option} must not have a query or fragment: pass the gateway's base URL"
@@ -112,6 +117,17 @@ def parse_gateway(url: object, *, option: str = "gateway_url") -> GatewayAddress
 def _normal_host(hostname: str) -> str:
     host = hostname.lower().rstrip(".")
     return "127.0.0.1" if host == "localhost" else host
+
+
+def refuse_plain_http(gateway: GatewayAddress, *, allow_insecure: bool, what: str) -> None:
+    """Refuse a plain-http gateway that is not on this machine (``what`` would cross the network
+    unencrypted), unless ``allow_insecure``."""
+    if gateway.secure or gateway.loopback or allow_insecure:
+        return
+    raise ConfigurationError(
+        f"gateway_url uses plain http for {gateway.host}: {what} would cross the network "
+        "unencrypted. Use https, or pass allow_insecure=True for a test gateway"
+    )
 
 
 def is_loopback(host: str) -> bool:

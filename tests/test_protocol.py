@@ -9,6 +9,7 @@ import pytest
 
 from ohip_stream import ConfigurationError, EventValidationError, ProtocolError
 from ohip_stream._models import Event
+from ohip_stream._net import subscription_url
 from ohip_stream._protocol import (
     SUBPROTOCOL,
     ClientProtocol,
@@ -23,7 +24,6 @@ from ohip_stream._protocol import (
     QueryResult,
     State,
     hash_app_key,
-    subscription_url,
 )
 
 # --- literal frames (protocol §1-§4; the fact sheet's appendix A, B and F) ---------------------
@@ -197,7 +197,6 @@ def test_hash_app_key_is_utf8() -> None:
         ("  https://gw.example.com/a/b  ", "wss://gw.example.com/a/b/subscriptions"),
         ("wss://gw.example.com", "wss://gw.example.com/subscriptions"),
         ("ws://127.0.0.1:9", "ws://127.0.0.1:9/subscriptions"),
-        ("https://gw.example.com/?x=1#frag", "wss://gw.example.com/subscriptions"),
         ("https://[::1]:8443", "wss://[::1]:8443/subscriptions"),
     ],
 )
@@ -216,6 +215,8 @@ def test_subscription_url(gateway: str, expected: str) -> None:
         "https://[::1",
         "https://gw.example.com:notaport",
         "https://gw.example.com:99999",
+        "https://gw.example.com/?x=1#frag",
+        "https://user:pw@gw.example.com",
     ],
 )
 def test_subscription_url_refuses_bad_urls(gateway: str) -> None:

@@ -23,6 +23,7 @@ from ohip_stream._net import (
     parse_gateway,
     refuse_plain_http,
     stream_id_for,
+    subscription_url,
     tls_context,
 )
 from ohip_stream._protocol import hash_app_key
@@ -175,7 +176,7 @@ def build_config(
         first_contact_tries=_whole("first_contact_tries", first_contact_tries, minimum=1),
         stream_id=stream_id_for(gateway.url, chain, key),
         key_digest=key_id(key),
-        url=gateway.websocket_url(hash_app_key(key)),
+        url=subscription_url(gateway.url, key),
     )
     # Every input rule of the subscription is checked here, before any I/O.
     config.document(config.offset, config.start_at_highest)

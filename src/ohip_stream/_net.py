@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import register_secret
+from ohip_stream._protocol import hash_app_key
 
 __all__ = [
     "GatewayAddress",
@@ -31,6 +32,7 @@ __all__ = [
     "parse_gateway",
     "refuse_plain_http",
     "stream_id_for",
+    "subscription_url",
     "tls_context",
 ]
 
@@ -117,6 +119,13 @@ def parse_gateway(url: object, *, option: str = "gateway_url") -> GatewayAddress
 def _normal_host(hostname: str) -> str:
     host = hostname.lower().rstrip(".")
     return "127.0.0.1" if host == "localhost" else host
+
+
+def subscription_url(gateway_url: object, app_key: str) -> str:
+    """``wss://<gateway host>/subscriptions?key=<hash>`` from the environment's gateway URL:
+    ``https`` becomes ``wss`` and ``http`` becomes ``ws``, a path prefix is kept, and ``key`` (the
+    lower-case SHA-256 of the application key) is the only query parameter."""
+    return parse_gateway(gateway_url).websocket_url(hash_app_key(app_key))
 
 
 def refuse_plain_http(gateway: GatewayAddress, *, allow_insecure: bool, what: str) -> None:

@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ohip_stream._exceptions import ConfigurationError, EventValidationError, ProtocolError
+from ohip_stream._exceptions import EventValidationError, ProtocolError
 from ohip_stream._logging import redact
 from ohip_stream._models import Event, _validate_next_json, event_from_data
 from ohip_stream._query import is_valid_offset
@@ -51,7 +50,6 @@ __all__ = [
     "hash_app_key",
     "invalid_offset",
     "read_event_frame",
-    "subscription_url",
 ]
 
 SUBPROTOCOL = "graphql-transport-ws"
@@ -61,29 +59,6 @@ def hash_app_key(app_key: str) -> str:
     """SHA-256 of the UTF-8 application key as LOWER-CASE hex (protocol §1; OHIP answers an
     upper-case hash with HTTP 400)."""
     return hashlib.sha256(app_key.encode("utf-8")).hexdigest()
-
-
-def subscription_url(gateway_url: str, app_key: str) -> str:
-    """``wss://<gateway host>/subscriptions?key=<hash>`` from the environment's gateway URL.
-
-    ``https`` becomes ``wss`` and ``http`` becomes ``ws`` (protocol §1); a path prefix of the
-    gateway URL is kept. ``key`` is the only query parameter.
-    """
-    schemes = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
-    try:
-        parts = urlsplit(gateway_url.strip())
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in schemes or not parts.hostname:
-        raise ConfigurationError(
-            "gateway_url must be the environment's gateway URL, like "
-            "'https://<gateway host>'; got an invalid URL, or one without an http(s) scheme "
-            "or host"
-        )
-    path = parts.path.rstrip("/") + "/subscriptions"
-    query = "key=" + hash_app_key(app_key)
-    return urlunsplit((schemes[parts.scheme], parts.netloc, path, query, ""))
 
 
 class State(enum.Enum):

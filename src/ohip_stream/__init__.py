@@ -25,6 +25,8 @@ from ohip_stream._checkpoints import (
     MemoryCheckpointStore,
     SQLiteCheckpointStore,
 )
+from ohip_stream._checkpoints_pg import PostgresCheckpointStore
+from ohip_stream._config import InvalidHandler
 from ohip_stream._exceptions import (
     AuthenticationError,
     CheckpointError,
@@ -42,8 +44,10 @@ from ohip_stream._exceptions import (
     SubscriptionError,
     TransportError,
 )
+from ohip_stream._lifecycle import StreamState, Wait
 from ohip_stream._models import Event, EventDetail, EventMetadata
-from ohip_stream._stream import EventStream, StreamStats
+from ohip_stream._stats import StreamStats
+from ohip_stream._stream import EventStream
 from ohip_stream._timings import Timings
 from ohip_stream._version import __version__
 
@@ -54,8 +58,8 @@ __all__ = [
     "AuthenticationError",
     "Checkpoint",
     "CheckpointError",
-    "CheckpointUnavailableError",
     "CheckpointStore",
+    "CheckpointUnavailableError",
     "ConfigurationError",
     "ConnectionRejectedError",
     "ConsumerAlreadyRunningError",
@@ -66,19 +70,23 @@ __all__ = [
     "EventStream",
     "EventValidationError",
     "ForbiddenError",
+    "InvalidHandler",
     "MemoryCheckpointStore",
     "MessageTooLargeError",
     "OAuthClientCredentials",
     "OAuthPassword",
     "OhipError",
+    "PostgresCheckpointStore",
     "ProtocolError",
     "RateLimitedError",
     "SQLiteCheckpointStore",
     "StaticToken",
+    "StreamState",
     "StreamStats",
     "SubscriptionError",
     "Timings",
     "TokenProvider",
     "TransportError",
+    "Wait",
     "__version__",
 ]

@@ -29,9 +29,11 @@ Messages never contain secrets: no client secret, password, access token or appl
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 __all__ = [
+    "describe_problems",
     "AuthenticationError",
     "CheckpointError",
     "CheckpointUnavailableError",
@@ -224,3 +226,23 @@ class CheckpointUnavailableError(CheckpointError):
     retries the commit with backoff before it gives up."""
 
     retriable = True
+
+
+def describe_problems(
+    errors: Iterable[Mapping[str, Any]],
+    *,
+    root: str,
+    name: Callable[[tuple[Any, ...]], str] | None = None,
+    limit: int | None = None,
+) -> str:
+    """The problems of a pydantic ``ValidationError`` (its ``errors()``) as one line:
+    ``"where: what; where: what"``. ``where`` is the dotted location (``root`` when it is
+    empty), or what ``name`` makes of the location; at most ``limit`` problems."""
+    parts = []
+    for number, error in enumerate(errors):
+        if limit is not None and number >= limit:
+            break
+        loc = tuple(error.get("loc", ()))
+        where = name(loc) if name is not None else ".".join(str(p) for p in loc) or root
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ohip_stream._exceptions import EventValidationError, ProtocolError
+from ohip_stream._exceptions import EventValidationError, ProtocolError, describe_problems
 from ohip_stream._logging import redact
 from ohip_stream._models import Event, _validate_next_json, event_from_data
 from ohip_stream._query import is_valid_offset
@@ -485,10 +485,7 @@ def _validation_error(exc: ValidationError, raw: str, data: Any) -> EventValidat
         metadata = data.get("metadata")
         if isinstance(metadata, dict) and is_valid_offset(metadata.get("offset")):
             offset = metadata["offset"]
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'newEvent'}: {err['msg']}"
-        for err in exc.errors()[:5]
-    )
+    problems = describe_problems(exc.errors(), root="newEvent", limit=5)
     where = f"event at offset {offset}" if offset is not None else "event without a readable offset"
     return EventValidationError(
         f"{where} does not fit the model: {problems}", raw=raw, offset=offset

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._exceptions import ConfigurationError, describe_problems
 from ohip_stream._logging import register_secret
 from ohip_stream._timings import Timings
 
@@ -61,8 +61,10 @@ class StreamOverrides(TypedDict, total=False):
     ssl: ssl.SSLContext | str | Path | None
     proxy: str | None
     max_message_size: int | None
+    max_buffer_bytes: int
     queue_size: int
     on_invalid: Literal["raise", "skip"] | InvalidHandler
+    on_offset_reset: Literal["deliver", "raise"]
     dedup_window: int | None
     commit_every: int
     commit_interval: float
@@ -70,6 +72,7 @@ class StreamOverrides(TypedDict, total=False):
     lock_dir: str | Path | None
     standby: bool
     allow_insecure: bool
+    first_contact_tries: int
 
 
 _OVERRIDES = StreamOverrides.__optional_keys__ | StreamOverrides.__required_keys__
@@ -257,8 +260,7 @@ def _describe_settings_error(exc: SettingsError) -> str:
 
 
 def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = "__".join(str(p) for p in error["loc"]).upper()
-        problems.append(f"OHIP_{loc}: {error['msg']}")
-    return "invalid configuration: " + "; ".join(problems)
+    problems = describe_problems(
+        exc.errors(), root="OHIP", name=lambda loc: "OHIP_" + "__".join(map(str, loc)).upper()
+    )
+    return "invalid configuration: " + problems

@@ -52,7 +52,10 @@ from ohip_stream._timings import Timings
 if TYPE_CHECKING:
     import ssl as ssl_module
 
+    from typing_extensions import Unpack
+
     from ohip_stream._models import Event
+    from ohip_stream._settings import StreamOverrides
 
 __all__ = ["EventStream", "InvalidHandler", "StreamStats", "stream_id_for"]
 
@@ -202,7 +205,7 @@ class EventStream:
     # --- construction from the environment ----------------------------------------------------
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> EventStream:
+    def from_env(cls, **overrides: Unpack[StreamOverrides]) -> EventStream:
         """An ``EventStream`` configured from ``OHIP_*`` variables (and a ``.env`` file).
 
         The token provider and the checkpoint store it creates are owned by the stream and

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._exceptions import ConfigurationError, describe_problems
 from ohip_stream._logging import get_logger
 
 __all__ = ["ORACLE_MINIMUMS", "Timings"]
@@ -154,10 +154,7 @@ class Timings(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'Timings'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = describe_problems(exc.errors(), root="Timings")
             raise ConfigurationError(f"invalid Timings: {problems}") from None
 
     @classmethod

@@ -306,7 +306,11 @@ def _proxy_passwords(proxy: object) -> list[str | None]:
 
 
 def _ssl_context(verify: object) -> bool | ssl.SSLContext:
-    """What httpx takes as ``verify=``: a CA file path becomes an SSL context."""
+    """What httpx takes as ``verify=``: a CA file path becomes an SSL context, and so does
+    ``True`` (the system's trust store), made once here rather than by every client made for
+    a fetch (loading the trust store costs milliseconds)."""
+    if verify is True:
+        return tls_context(None, name="verify=")
     if isinstance(verify, bool | ssl.SSLContext):
         return verify
     if isinstance(verify, str | os.PathLike):

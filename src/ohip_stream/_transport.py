@@ -172,7 +172,7 @@ class _Connection(asyncio.Protocol):
         self._subprotocol = subprotocol
         self._close_timeout = close_timeout
         self._loop = loop
-        self.transport: asyncio.Transport | None = None
+        self.socket_transport: asyncio.Transport | None = None
         #: Resolved when the 101 arrives (None) or the handshake fails (the Failure); a result,
         #: not an exception, so that no traceback ties the future to the frames awaiting it.
         self.opening: asyncio.Future[Failure | None] | None = loop.create_future()
@@ -192,7 +192,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.socket_transport = transport
         if self._reading_paused:
             transport.pause_reading()
 
@@ -245,11 +245,11 @@ class _Connection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        if self.transport is not None and not self.transport.is_closing():
+        if self.socket_transport is not None and not self.socket_transport.is_closing():
             # Python 3.10's TLS transport is not marked closed by the end of the connection
             # (it would warn "unclosed transport" when collected): close it, a no-op otherwise.
-            self.transport.close()
-        self.transport = None
+            self.socket_transport.close()
+        self.socket_transport = None
         if self.ended:
             return  # dropped by a failed open_websocket: the sink hears nothing
         self._protocol.receive_eof()
@@ -336,7 +336,7 @@ class _Connection(asyncio.Protocol):
     # --- sending and closing -------------------------------------------------------------------
 
     def _send_pending(self) -> None:
-        transport = self.transport
+        transport = self.socket_transport
         for data in self._protocol.data_to_send():
             if transport is None or transport.is_closing():
                 continue
@@ -368,29 +368,29 @@ class _Connection(asyncio.Protocol):
 
     def _close_timed_out(self) -> None:
         self._close_timer = None
-        if self.transport is not None:
-            self.transport.abort()
+        if self.socket_transport is not None:
+            self.socket_transport.abort()
 
     def abort(self) -> None:
         if self.ended:
             return
         self._aborted = True
-        if self.transport is not None:
-            self.transport.abort()
+        if self.socket_transport is not None:
+            self.socket_transport.abort()
 
     def pause_reading(self) -> None:
         if self._reading_paused:
             return
         self._reading_paused = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        if self.socket_transport is not None and not self.socket_transport.is_closing():
+            self.socket_transport.pause_reading()
 
     def resume_reading(self) -> None:
         if not self._reading_paused:
             return
         self._reading_paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self.socket_transport is not None and not self.socket_transport.is_closing():
+            self.socket_transport.resume_reading()
 
     # --- the end -------------------------------------------------------------------------------
 
@@ -406,8 +406,8 @@ class _Connection(asyncio.Protocol):
         self.ended = True
         self.opening = None
         forget_tracebacks(self._protocol.parser_exc, self._protocol.handshake_exc)
-        if self.transport is not None:
-            self.transport.abort()
+        if self.socket_transport is not None:
+            self.socket_transport.abort()
 
 
 async def open_websocket(

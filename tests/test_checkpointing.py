@@ -128,11 +128,22 @@ async def test_a_whole_batch_waiting_retries_with_backoff_until_it_succeeds() ->
     assert saved.offset == "2"
 
 
-async def test_an_unknown_store_error_becomes_a_checkpoint_error() -> None:
+async def test_an_unknown_store_error_is_transient() -> None:
     store = FlakyStore(1, OSError("No space left on device"))
     checkpointer = _checkpointer(store, FakeClock())
     checkpointer.commits.hand(Pos("1"))
     checkpointer.commits.processed()
-    with pytest.raises(CheckpointError, match="FlakyStore failed: No space left"):
+    with pytest.raises(CheckpointUnavailableError, match="FlakyStore failed: No space left"):
         await checkpointer.commit()
     assert checkpointer.commits.dirty == 1  # kept for the next write
+    await checkpointer.commit_quietly()  # a rotation's commit: retried, never fatal
+    saved = await store.load("s1")
+    assert saved is not None
+    assert saved.offset == "1"
+
+
+async def test_a_permanent_store_error_is_raised() -> None:
+    store = FlakyStore(5, CheckpointError("the checkpoint file was deleted"))
+    checkpointer = _checkpointer(store, FakeClock())
+    with pytest.raises(CheckpointError, match="deleted"):
+        await checkpointer.commit_quietly()

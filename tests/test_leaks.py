@@ -34,6 +34,9 @@ from ohip_stream import (
 )
 from ohip_stream._logging import REDACTED, redact_registered, register_secret
 
+# A thousand connect-rotate cycles: run with the chaos soak (`pytest -m slow`), not by default.
+pytestmark = pytest.mark.slow
+
 HELPER = Path(__file__).parent / "helpers" / "leak_emulator.py"
 WARMUP = 100
 CYCLES = int(os.environ.get("OHIP_LEAK_CYCLES", "1000"))

@@ -3,9 +3,10 @@
 The bookkeeping (what is processed, what a write covers) is :class:`~ohip_stream._commits.Commits`;
 this is the I/O around it: the store, the commit-interval timer, and what a failing store means.
 A store error is a :class:`~ohip_stream.CheckpointError`: a transient one
-(:class:`~ohip_stream.CheckpointUnavailableError`: a locked database, a lost connection) is
-retried with backoff while the stream stops handing out events one batch past the last
-successful commit; any other ends the stream with the store's message.
+(:class:`~ohip_stream.CheckpointUnavailableError`: a locked database, a lost connection, or
+any error a store that is not the project's raises) is retried with backoff while the stream
+stops handing out events one batch past the last successful commit; a permanent one (the
+file deleted under a running consumer) ends the stream with the store's message.
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ class Checkpointer:
         )
 
     async def _call(self, operation: Awaitable[_T]) -> _T:
-        """Await a store operation; anything but a :class:`CheckpointError` it raises becomes
-        one (permanent: a store that fails in an unknown way is not retried blindly)."""
+        """Await a store operation. A :class:`CheckpointError` is the store's own verdict
+        (transient or not); anything else a store raises (an ``OSError`` of a store written by
+        the user, say) is taken as transient: retried with backoff, the stream handing out no
+        more than one batch past the last successful commit meanwhile."""
         try:
             return await operation
         except CheckpointError:
@@ -143,7 +146,7 @@ class Checkpointer:
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            raise CheckpointError(
+            raise CheckpointUnavailableError(
                 f"the checkpoint store {type(self.store).__name__} failed: "
                 f"{redact(str(exc)) or type(exc).__name__}"
             ) from exc

@@ -382,6 +382,9 @@ class Session:
     def _server_completed(self) -> None:
         # The server ended the subscription; its close ends the connection. If the close never
         # comes, close ourselves after drain_timeout and resume (a complete without a close).
+        # After our own complete, the server's answer changes nothing: the drain is under way.
+        if self.completing:
+            return
         _log.info("stream %s: the server completed the subscription", self.label)
         self._drain()
 

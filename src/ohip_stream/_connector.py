@@ -278,7 +278,7 @@ class Connector:
             raise TransportError(
                 f"cannot reach the gateway at {self.config.gateway.netloc} "
                 f"({redact(failure.reason)}) after {self._first_contact_failures} tries; check "
-                "the gateway URL (gateway_url, OHIP_GATEWAY_URL), the network and any proxy"
+                "gateway_url, the network and any proxy"
             )
 
     def _announce(self, action: Action) -> None:

@@ -627,7 +627,10 @@ async def _scripted_gateway(
         await ws.send('{"type":"connection_ack"}')
         await ws.recv()  # subscribe
         await script(ws, connections)
-        await ws.wait_closed()
+        # Read (and ignore) what the client sends until it goes: a server that stops reading
+        # would not notice the client's close until its own close timeout.
+        async for _ in ws:
+            pass
 
     connections = 0
     async with serve(

@@ -110,6 +110,9 @@ async def run(args: argparse.Namespace) -> int:
                 # gap is compressed so that the replay below starts at once.
                 emulator = await stack.enter_async_context(Emulator(complete_gap=0.2))
                 os.environ.update(emulator.env())
+                # The client keeps the same gap as this emulator (every consumer of the stream
+                # on this host waits it after the previous one completed).
+                os.environ["OHIP_TIMINGS__COMPLETE_GAP"] = "0.2"
                 await emulator.publish(args.max_events)
                 print(
                     f"no OHIP_GATEWAY_URL: streaming from an emulator at {emulator.gateway_url}",
@@ -120,8 +123,6 @@ async def run(args: argparse.Namespace) -> int:
                 checkpoints = await stack.enter_async_context(SQLiteCheckpointStore(checkpoint_db))
                 await consume(database, args.max_events, "live", checkpoints=checkpoints)
             if emulator is not None or args.replay_from is not None:
-                if emulator is not None:
-                    await asyncio.sleep(0.5)  # the emulator's gap after the live run's complete
                 # A replay has a checkpoint store of its own: it must neither skip what the live
                 # consumer recorded nor move its checkpoint. Stop the live consumer first: a
                 # stream has one consumer at a time.

@@ -31,6 +31,7 @@ from ohip_stream import (
     MemoryCheckpointStore,
     SQLiteCheckpointStore,
     StaticToken,
+    StreamState,
     SubscriptionError,
 )
 from ohip_stream._protocol import hash_app_key
@@ -745,3 +746,29 @@ async def test_a_cached_token_past_its_rotation_deadline_is_replaced_before_conn
         assert offsets(await take(stream, 1)) == [1]
     assert len(provider.invalidated) == 1
     assert len(emu.connections) == 1  # no connection that would rotate at once
+
+
+async def test_a_snapshot_says_where_the_stream_stands(emu: Emulator, tmp_path: Path) -> None:
+    await emu.publish(count=3)
+    async with stream_for(emu, tmp_path, commit_every=1) as stream:
+        before = stream.snapshot()
+        assert before.state is StreamState.CONNECTING
+        assert before.checkpoint_offset is None
+        count = 0
+        async for _ in stream:
+            count += 1
+            if count == 3:
+                break
+        await stream.commit()
+        snapshot = stream.snapshot()
+    assert snapshot.state is StreamState.LIVE
+    assert snapshot.stats.events == 3
+    assert snapshot.checkpoint_offset == "3"
+    assert snapshot.checkpoint_updated_at is not None
+    assert snapshot.last_event_timestamp == emu.events()[2]["timestamp"]
+    assert snapshot.token_expires_at is not None
+    assert snapshot.upgrades_used >= 1
+    assert snapshot.chain_code == emu.chain_code
+    assert stream.snapshot().state is StreamState.CLOSED
+    snapshot.stats.events = 99  # a copy: the stream's own counters are untouched
+    assert stream.stats.events == 3

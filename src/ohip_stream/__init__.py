@@ -46,6 +46,7 @@ from ohip_stream._exceptions import (
 )
 from ohip_stream._lifecycle import StreamState, Wait
 from ohip_stream._models import Event, EventDetail, EventMetadata
+from ohip_stream._snapshot import StreamSnapshot
 from ohip_stream._stats import StreamStats
 from ohip_stream._stream import EventStream
 from ohip_stream._timings import Timings
@@ -82,6 +83,7 @@ __all__ = [
     "SQLiteCheckpointStore",
     "StaticToken",
     "StreamState",
+    "StreamSnapshot",
     "StreamStats",
     "SubscriptionError",
     "Timings",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "TimerHandle"]
+__all__ = ["Clock", "SystemClock", "TimerHandle", "wait_done"]
 
 
 class TimerHandle(Protocol):
@@ -64,3 +64,21 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+async def wait_done(task: asyncio.Future[None], clock: Clock, seconds: float) -> None:
+    """Wait until ``task`` is done or ``seconds`` passed on ``clock`` (the task is left alone:
+    neither cancelled nor its outcome raised)."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def finish(*_: object) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    timer = clock.call_later(seconds, finish)
+    task.add_done_callback(finish)
+    try:
+        await done
+    finally:
+        timer.cancel()
+        task.remove_done_callback(finish)

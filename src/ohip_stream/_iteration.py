@@ -80,6 +80,8 @@ class Iteration:
         self._session: Session | None = None
         self._fatal: OhipError | None = None
         self._retry_dead_letter: InvalidNext | None = None
+        #: The event handed out last (its timestamp gives the event lag to metrics).
+        self.last_event: Event | None = None
         # Whether _attend has something to do (one test per event instead of two).
         self._attention = False
 
@@ -131,6 +133,7 @@ class Iteration:
                 self._lost(lost, metadata.offset)
             if verdict is _NEW or self._deliver(verdict, metadata.offset):
                 commits.handed = metadata
+                self.last_event = event
                 stats.events += 1
                 stats.last_offset = metadata.offset
                 yield event

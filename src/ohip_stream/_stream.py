@@ -29,7 +29,7 @@ from ohip_stream._budget import shared_budget
 from ohip_stream._buffer import Buffer
 from ohip_stream._checkpointing import Checkpointer
 from ohip_stream._checkpoints import CheckpointStore, MemoryCheckpointStore
-from ohip_stream._clock import Clock, SystemClock
+from ohip_stream._clock import Clock, SystemClock, wait_done
 from ohip_stream._commits import Commits
 from ohip_stream._config import (
     DEFAULT_MAX_BUFFER_BYTES,
@@ -46,6 +46,7 @@ from ohip_stream._lifecycle import Lifecycle, StreamState, Wait
 from ohip_stream._logging import get_logger, install_redaction
 from ohip_stream._net import legacy_stream_id, stream_id_for
 from ohip_stream._resume import Resume
+from ohip_stream._snapshot import StreamSnapshot, take_snapshot
 from ohip_stream._stats import StreamStats
 from ohip_stream._timings import Timings
 
@@ -245,6 +246,18 @@ class EventStream:
         """While ``state`` is waiting: what for (``reason``), until when (``until``, epoch
         seconds) and why (``detail``); None otherwise."""
         return self._life.wait if self._life.state is StreamState.WAITING else None
+
+    def snapshot(self) -> StreamSnapshot:
+        """What the stream is doing and how far it got, now (for metrics and health checks)."""
+        return take_snapshot(
+            self._config,
+            state=self._life.state,
+            waiting=self.waiting,
+            stats=self.stats,
+            iteration=self._iteration,
+            connector=self._connector,
+            clock=self._clock,
+        )
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -449,7 +462,7 @@ class EventStream:
         if task is None or task.done():
             return
         try:
-            await _wait_done(task, self._clock, self._config.timings.drain_timeout + 5)
+            await wait_done(task, self._clock, self._config.timings.drain_timeout + 5)
         finally:
             if not task.done():
                 if self._connector is not None and self._connector.session is not None:
@@ -478,20 +491,3 @@ def _take_guard(config: StreamConfig) -> StreamGuard:
     )
     guard.acquire()
     return guard
-
-
-async def _wait_done(task: asyncio.Task[None], clock: Clock, seconds: float) -> None:
-    """Wait until ``task`` is done or ``seconds`` passed on ``clock``."""
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def finish(*_: object) -> None:
-        if not done.done():
-            done.set_result(None)
-
-    timer = clock.call_later(seconds, finish)
-    task.add_done_callback(finish)
-    try:
-        await done
-    finally:
-        timer.cancel()
-        task.remove_done_callback(finish)

@@ -92,7 +92,7 @@ def test_tls_contexts_verify_and_name_the_option(tmp_path: Path) -> None:
     assert tls_context(None, name="ssl").verify_mode is ssl.CERT_REQUIRED
     given = ssl.create_default_context()
     assert tls_context(given, name="ssl") is given
-    with pytest.raises(ConfigurationError, match="ssl: the CA file .* does not exist"):
+    with pytest.raises(ConfigurationError, match=r"ssl: the CA file .* does not exist"):
         tls_context(tmp_path / "missing.pem", name="ssl")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")

@@ -23,18 +23,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ohip_stream._connection import Connection
+from ohip_stream import EventStream
 from ohip_stream._protocol import SUBPROTOCOL, subscription_url
 from ohip_stream._query import build_subscription
 
-#: The websockets client options every contender uses: those of the library's own connection.
-#: permessage-deflate is offered as websockets does by default (the emulator, like many
-#: gateways, does not accept it, so frames travel uncompressed for everyone).
+#: The websockets client options of the plain clients, matched to the stream's own connection:
+#: no permessage-deflate offered (the stream offers none; the emulator, like many gateways,
+#: accepts none), 16 MiB messages at most, and as many whole messages held before the socket
+#: stops being read as the stream's buffer holds by default (``queue_size``).
 CLIENT_OPTIONS: dict[str, Any] = {
     "subprotocols": [SUBPROTOCOL],
-    "compression": "deflate",
+    "compression": None,
     "max_size": 16 * 1024 * 1024,
-    "max_queue": inspect.signature(Connection).parameters["max_queue"].default,
+    "max_queue": inspect.signature(EventStream).parameters["queue_size"].default,
     "ping_interval": None,
     "ping_timeout": None,
 }

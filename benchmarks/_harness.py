@@ -24,7 +24,8 @@ from types import TracebackType
 from typing import Any
 
 from ohip_stream import EventStream
-from ohip_stream._protocol import SUBPROTOCOL, subscription_url
+from ohip_stream._net import subscription_url
+from ohip_stream._protocol import SUBPROTOCOL
 from ohip_stream._query import build_subscription
 
 #: The websockets client options of the plain clients, matched to the stream's own connection:

@@ -91,7 +91,10 @@ async def test_serve_foreground_writes_the_env_file_and_publishes(tmp_path: Path
     while "publishing" not in out.getvalue():
         assert loop.time() < deadline
         await asyncio.sleep(0.02)
-    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    lines = env_file.read_text().splitlines()
+    assert lines[0].startswith("# written by ohip-stream emulator")
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    env = dict(line.split("=", 1) for line in lines[1:])
     assert env["OHIP_CHAIN_CODE"] == "DEMO"
     assert env["OHIP_GATEWAY_URL"] in out.getvalue()
     assert str(env_file) in out.getvalue()
@@ -109,6 +112,52 @@ async def test_serve_foreground_writes_the_env_file_and_publishes(tmp_path: Path
     stop.set()
     assert await asyncio.wait_for(task, 5) == 0
     assert out.getvalue().rstrip().endswith("stopping")
+
+
+async def test_serve_foreground_leaves_a_users_env_file_alone(tmp_path: Path) -> None:
+    from ohip_stream import ConfigurationError
+    from ohip_stream.testing import serve_foreground
+
+    users = tmp_path / ".env"
+    users.write_text("DATABASE_URL=postgres://me\nOHIP_CLIENT_SECRET=real\n")
+    users.chmod(0o644)
+    with pytest.raises(ConfigurationError, match=r"\.env.*not written by the emulator"):
+        await serve_foreground(port=0, rate=0, env_file=users, stop=asyncio.Event())
+    assert users.read_text() == "DATABASE_URL=postgres://me\nOHIP_CLIENT_SECRET=real\n"
+    assert users.stat().st_mode & 0o777 == 0o644
+
+
+async def test_serve_foreground_rewrites_its_own_env_file(tmp_path: Path) -> None:
+    from ohip_stream.testing import serve_foreground
+    from ohip_stream.testing._foreground import ENV_MARKER
+
+    ours = tmp_path / ".env"
+    ours.write_text(ENV_MARKER + "\nOHIP_GATEWAY_URL=http://old\n")
+    out = io.StringIO()
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(
+        serve_foreground(port=0, rate=0, env_file=ours, out=out, stop=stop)
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while "Ctrl-C" not in out.getvalue():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.02)
+    stop.set()
+    assert await asyncio.wait_for(task, 5) == 0
+    text = ours.read_text()
+    assert text.startswith(ENV_MARKER + "\n")
+    assert "http://old" not in text
+    assert "OHIP_CLIENT_SECRET=" in text
+
+
+def test_the_foreground_and_the_cli_share_one_marker() -> None:
+    # Either tool must recognise the other's file, so the two marker lines are the same text.
+    pytest.importorskip("typer")
+    from ohip_stream._cli._emulator import MARKER
+    from ohip_stream.testing._foreground import ENV_MARKER
+
+    assert ENV_MARKER == MARKER
 
 
 def test_python_m_runs_until_sigterm(tmp_path: Path) -> None:

@@ -1,12 +1,12 @@
 """Token providers: where the bearer token of a stream comes from.
 
 A stream asks its :class:`TokenProvider` for an :class:`AccessToken` before each connection
-(protocol §2: the token goes in ``connection_init``) and rotates the connection before the token
-expires (protocol §4: tokens last 60 minutes and cannot be refreshed in-band).
+(the token goes in the ``connection_init`` message) and rotates the connection before the
+token expires (tokens last 60 minutes and cannot be refreshed on an open connection).
 
 * :class:`OAuthClientCredentials`: the client-credentials grant of OCIM environments, with an
-  enterprise id (protocol §8).
-* :class:`OAuthPassword`: the resource-owner password grant of older environments (protocol §8).
+  enterprise id, sent as the ``enterpriseId`` header.
+* :class:`OAuthPassword`: the resource-owner password grant of older environments.
 * :class:`StaticToken`: a token obtained elsewhere; never renewed.
 
 The OAuth providers fetch from ``POST {gateway_url}/oauth/v1/tokens`` with httpx, reuse the
@@ -59,12 +59,12 @@ __all__ = [
     "TokenProvider",
 ]
 
-#: The scope of the client-credentials grant (protocol §8).
+#: The scope of the client-credentials grant: the scopes granted to the application.
 DEFAULT_SCOPE = "urn:opc:hgbu:ws:__myscopes__"
 
 
 class OAuthClientCredentials:
-    """Tokens from the client-credentials grant (OCIM environments, protocol §8).
+    """Tokens from the client-credentials grant (OCIM environments).
 
     Sends ``grant_type=client_credentials&scope=<scope>`` with the ``enterpriseId`` header,
     ``Authorization: Basic`` of the client id and secret, and the raw ``x-app-key``.
@@ -72,16 +72,19 @@ class OAuthClientCredentials:
     Works with or without ``async with``: the provider holds no connection between token
     requests (the httpx client it makes for a request is closed when the request ends), so
     nothing is left open if it is never closed. A caller's ``http_client`` is the caller's to
-    close. ``aclose()`` is idempotent.
+    close. ``aclose()`` is idempotent. The keyword arguments are the options both OAuth
+    providers take.
 
     Args:
+        enterprise_id: the enterprise id, 1 to 8 upper-case letters or digits.
+        scope: the requested scope (default ``urn:opc:hgbu:ws:__myscopes__``).
+
+    Keyword Args:
         gateway_url (str): the gateway's base URL (``https://<host>``); the token endpoint is
             ``{gateway_url}/oauth/v1/tokens``.
         client_id (str): the OAuth client id of the integration (no ``:``, RFC 7617).
         client_secret (str): the OAuth client secret.
         app_key (str): the application key (raw, not hashed), sent as ``x-app-key``.
-        enterprise_id: the enterprise id, 1 to 8 upper-case letters or digits.
-        scope: the requested scope (default ``urn:opc:hgbu:ws:__myscopes__``).
         margin (float): stop reusing a token this many seconds before it expires (default 300;
             capped at half the token's lifetime); the stream rotates its connection by then.
         http_client (httpx.AsyncClient | None): a caller's own client; the provider never closes it.
@@ -136,7 +139,7 @@ class OAuthClientCredentials:
 
     @property
     def enterprise_id(self) -> str:
-        """The enterprise id, sent as the ``enterpriseId`` header (protocol §8)."""
+        """The enterprise id, sent as the ``enterpriseId`` header of each token request."""
         return self._enterprise_id
 
     @property
@@ -151,7 +154,7 @@ class OAuthClientCredentials:
 
     @property
     def token_url(self) -> str:
-        """The token endpoint: ``{gateway_url}/oauth/v1/tokens`` (protocol §8)."""
+        """The token endpoint: ``{gateway_url}/oauth/v1/tokens``."""
         return self._endpoint.token_url
 
     async def get_token(self) -> AccessToken:
@@ -175,7 +178,7 @@ class OAuthClientCredentials:
         """Drop ``token`` if it is still the current one; the next ``get_token`` fetches anew.
 
         A stale token (one already replaced) is ignored, so two connections that both saw a
-        4401 cause one new fetch, not two (protocol §5: 4401, fetch a new token once).
+        4401 cause one new fetch, not two (after a 4401 the stream fetches a new token once).
         """
         self._endpoint.invalidate(token)
 
@@ -198,7 +201,7 @@ class OAuthClientCredentials:
 
 
 class OAuthPassword:
-    """Tokens from the resource-owner password grant (older environments, protocol §8).
+    """Tokens from the resource-owner password grant (older environments).
 
     Sends ``grant_type=password&username=<username>&password=<password>``, without an
     ``enterpriseId`` header, with ``Authorization: Basic`` of the client id and secret and the
@@ -207,16 +210,19 @@ class OAuthPassword:
     Works with or without ``async with``: the provider holds no connection between token
     requests (the httpx client it makes for a request is closed when the request ends), so
     nothing is left open if it is never closed. A caller's ``http_client`` is the caller's to
-    close. ``aclose()`` is idempotent.
+    close. ``aclose()`` is idempotent. The keyword arguments are the options both OAuth
+    providers take.
 
     Args:
+        username: the integration user of the environment.
+        password: that user's password.
+
+    Keyword Args:
         gateway_url (str): the gateway's base URL (``https://<host>``); the token endpoint is
             ``{gateway_url}/oauth/v1/tokens``.
         client_id (str): the OAuth client id of the integration (no ``:``, RFC 7617).
         client_secret (str): the OAuth client secret.
         app_key (str): the application key (raw, not hashed), sent as ``x-app-key``.
-        username: the integration user of the environment.
-        password: that user's password.
         margin (float): stop reusing a token this many seconds before it expires (default 300;
             capped at half the token's lifetime); the stream rotates its connection by then.
         http_client (httpx.AsyncClient | None): a caller's own client; the provider never closes it.
@@ -281,7 +287,7 @@ class OAuthPassword:
 
     @property
     def token_url(self) -> str:
-        """The token endpoint: ``{gateway_url}/oauth/v1/tokens`` (protocol §8)."""
+        """The token endpoint: ``{gateway_url}/oauth/v1/tokens``."""
         return self._endpoint.token_url
 
     async def get_token(self) -> AccessToken:
@@ -305,7 +311,7 @@ class OAuthPassword:
         """Drop ``token`` if it is still the current one; the next ``get_token`` fetches anew.
 
         A stale token (one already replaced) is ignored, so two connections that both saw a
-        4401 cause one new fetch, not two (protocol §5: 4401, fetch a new token once).
+        4401 cause one new fetch, not two (after a 4401 the stream fetches a new token once).
         """
         self._endpoint.invalidate(token)
 

@@ -1,4 +1,4 @@
-"""The token endpoint's answer: a token, or the error that says what to check (protocol §8)."""
+"""The token endpoint's answer: a token, or the error that says what to check."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _said(value: object) -> str | None:
 
 
 def _expiry(answer: Answer, body: Mapping[str, Any], value: str, issued_at: float) -> float:
-    """Expiry from ``expires_in`` cross-checked with the JWT ``exp`` claim (protocol §8)."""
+    """Expiry from ``expires_in`` cross-checked with the JWT ``exp`` claim."""
     candidates: list[float] = []
     raw_expires_in = body.get("expires_in")
     expires_in = number(raw_expires_in)

@@ -35,7 +35,7 @@ _log = get_logger("ohip_stream.auth")
 
 
 class TokenEndpoint:
-    """Fetches tokens of one grant from ``POST {gateway_url}/oauth/v1/tokens`` (protocol §8).
+    """Fetches tokens of one grant from ``POST {gateway_url}/oauth/v1/tokens``.
 
     ``form`` gives the grant's form fields at each request (so that a password stays wrapped
     in its owner until then); ``headers`` are the grant's own headers.

@@ -37,7 +37,7 @@ __all__ = [
     "resolve_options",
 ]
 
-#: The token endpoint, relative to the gateway URL (protocol §8).
+#: The token endpoint, relative to the gateway URL.
 TOKEN_PATH = "/oauth/v1/tokens"
 #: Seconds one token request may take, from sending to the last byte of the answer.
 DEFAULT_DEADLINE = 30.0
@@ -176,7 +176,7 @@ def require(name: str, value: object) -> str:
 
 
 def check_enterprise_id(value: str) -> str:
-    """``value`` if it is a valid enterprise id (protocol §8: ``^[A-Z0-9]{1,8}$``)."""
+    """``value`` if it is a valid enterprise id: 1 to 8 upper-case letters or digits."""
     if not _ENTERPRISE_ID.fullmatch(value):
         raise ConfigurationError(
             "enterprise_id must be 1 to 8 upper-case letters or digits (^[A-Z0-9]{1,8}$), "

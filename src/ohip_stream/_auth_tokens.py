@@ -22,7 +22,7 @@ class AccessToken:
     ``expires_at=None`` means the token never expires. The ``repr`` never shows the value.
     """
 
-    #: The bearer token, as sent in ``Authorization: Bearer <value>`` (protocol §2).
+    #: The bearer token, as sent in ``Authorization: Bearer <value>``.
     value: str
     #: When the token was issued (epoch seconds).
     issued_at: float
@@ -83,7 +83,7 @@ class TokenProvider(Protocol):
 
     @property
     def enterprise_id(self) -> str | None:
-        """The enterprise id the tokens are for, when the environment has one (protocol §8)."""
+        """The enterprise id the tokens are for, when the environment has one."""
         ...
 
     @property

@@ -26,7 +26,7 @@ _T = TypeVar("_T")
 
 
 class Emulator:
-    """A local OHIP gateway: OAuth tokens and the Streaming API on one port (protocol §9).
+    """A local OHIP gateway: OAuth tokens and the Streaming API on one port.
 
     The server runs in a background thread with its own event loop, so a test that blocks its
     own loop does not freeze it. Start it with :meth:`start` / :meth:`stop` (both idempotent) or
@@ -360,7 +360,7 @@ class Emulator:
     def overlapping_subscriptions(self) -> list[tuple[ConnectionRecord, ConnectionRecord]]:
         """Every pair of accepted subscriptions of one stream that were open at the same moment.
 
-        Empty while the one-consumer rule held (protocol §7). See
+        Empty while the one-consumer rule held (one subscription per stream at a time). See
         :meth:`ConnectionRecord.overlaps`.
         """
         records = self.connections
@@ -444,7 +444,7 @@ class Emulator:
         """Publish ``count`` events and wait until live subscriptions have sent them.
 
         With ``defer_pong`` the answers to client pings are held until the burst is out, as
-        Oracle's backpressure mode does (protocol §4). Returns the offsets.
+        Oracle's backpressure mode does. Returns the offsets.
         """
         return await self._submit(lambda: _faults.burst(self._server, count, defer_pong))
 

@@ -1,17 +1,82 @@
-"""The emulator in the foreground (``python -m ohip_stream.testing``, ``ohip-stream emulator``)."""
+"""The emulator in the foreground, for a program or a test that runs one until told to stop.
+
+The env file rule is the command line's (``ohip-stream emulator``): a file is written only when
+it is absent or its first line is :data:`ENV_MARKER`, so a user's own ``.env`` is never changed;
+files written here are mode 0600 (they hold a client secret) and replaced atomically. The rule
+lives here, free of the command line's dependencies, so that the ``emulator`` extra alone is
+enough to use it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from ohip_stream._exceptions import ConfigurationError
 from ohip_stream.testing._emulator import Emulator
 
-__all__ = ["serve_foreground"]
+__all__ = [
+    "ENV_MARKER",
+    "check_env_file",
+    "env_file_is_ours",
+    "serve_foreground",
+    "write_marked_env_file",
+]
+
+#: The first line of every env file the emulator writes; a file without it is the user's.
+ENV_MARKER = "# written by ohip-stream emulator; it rewrites this file on its next start"
+
+
+def env_file_is_ours(path: Path) -> bool:
+    """Whether ``path`` may be written: absent, or a regular file that starts with the marker."""
+    if not os.path.lexists(path):
+        return True
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.readline().rstrip("\r\n") == ENV_MARKER
+    except OSError:
+        return False
+
+
+def check_env_file(path: Path) -> None:
+    """Raise :class:`ConfigurationError` unless :func:`env_file_is_ours` says ``path`` is free."""
+    if not env_file_is_ours(path):
+        raise ConfigurationError(
+            f"env_file {str(path)!r} exists and was not written by the emulator (its first line "
+            "is not the emulator's marker), so it is left alone: pass another env_file, or "
+            "env_file=None"
+        )
+
+
+def write_marked_env_file(path: Path, variables: Mapping[str, str]) -> Path:
+    """Write ``variables`` as ``NAME=value`` lines under :data:`ENV_MARKER`, mode 0600.
+
+    The text goes to a temporary file in the same directory, then replaces ``path`` in one
+    rename, so a reader never sees half a file. Raises :class:`ConfigurationError` when
+    ``path`` exists and was not written by the emulator.
+    """
+    check_env_file(path)
+    text = ENV_MARKER + "\n" + "".join(f"{name}={value}\n" for name, value in variables.items())
+    fd, temporary = tempfile.mkstemp(prefix=".ohip-env-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return path
 
 
 async def serve_foreground(
@@ -33,7 +98,14 @@ async def serve_foreground(
     writes the ``OHIP_*`` variables to ``env_file`` (``None``: no file) and prints to ``out`` the
     gateway URL, the chain code and the env file's path, never a secret. ``emulator_kwargs`` go
     to :class:`Emulator` (``token_ttl=``, ``complete_gap=``...). Returns the exit status, 0.
+
+    ``env_file`` is written only when it is absent or was written by the emulator (its first
+    line is the emulator's marker); any other existing file raises
+    :class:`~ohip_stream.ConfigurationError` before the emulator starts, and is left unchanged.
     """
+    env_path = None if env_file is None else Path(env_file)
+    if env_path is not None:
+        check_env_file(env_path)  # before the emulator starts, so nothing runs for nothing
     own_stop = stop is None
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -58,7 +130,9 @@ async def serve_foreground(
                     await emulator.load_backlog(backlog)
                 else:
                     await emulator.publish(backlog)
-            written = emulator.write_env_file(env_file) if env_file is not None else None
+            written = (
+                write_marked_env_file(env_path, emulator.env()) if env_path is not None else None
+            )
             out.write(f"OHIP emulator listening on {emulator.gateway_url}\n")
             out.write(f"chain code: {emulator.chain_code}\n")
             if written is not None:

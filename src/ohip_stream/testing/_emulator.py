@@ -186,7 +186,13 @@ class Emulator:
         }
 
     def write_env_file(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`env` as ``KEY=value`` lines (mode 0600); returns the path."""
+        """Write :meth:`env` as ``KEY=value`` lines (mode 0600); returns the path.
+
+        It replaces whatever ``path`` holds, so give it a path of its own (a test's temporary
+        directory). To write a ``.env`` that may be a user's, use
+        :func:`~ohip_stream.testing.serve_foreground` or ``ohip-stream emulator``: they write
+        only a file that is absent or was written by the emulator.
+        """
         target = Path(path)
         text = "".join(f"{name}={value}\n" for name, value in self.env().items())
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

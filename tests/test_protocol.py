@@ -23,7 +23,10 @@ from ohip_stream._protocol import (
     Pong,
     QueryResult,
     State,
+    event_of_frame,
     hash_app_key,
+    invalid_offset,
+    read_event_frame,
 )
 
 # --- literal frames (protocol §1-§4; the fact sheet's appendix A, B and F) ---------------------
@@ -770,3 +773,71 @@ def test_receive_event_is_the_hot_path_and_leaves_the_rest_to_receive(clock: Fak
     assert proto.last_alive == 170.0
     proto.complete()
     assert isinstance(proto.receive_event(frame), Event)  # in flight after our complete
+
+
+# --- reading buffered event frames (the caller's side, no connection state) --------------------
+
+
+def test_event_of_frame_is_the_valid_event_of_the_subscription_or_none() -> None:
+    frame = next_frame(event_dict("7")).encode()
+    event = event_of_frame(frame, SUB_ID)
+    assert event is not None
+    assert event.metadata.offset == "7"
+    assert event_of_frame(frame, "another-id") is None
+    assert event_of_frame(b'{"type":"ping"}', SUB_ID) is None
+
+
+def test_read_event_frame_reads_valid_and_invalid_events() -> None:
+    valid = read_event_frame(next_frame(event_dict("8")).encode(), SUB_ID)
+    assert isinstance(valid, Next)
+    assert valid.event.metadata.offset == "8"
+    broken = event_dict("9")
+    del broken["eventName"]
+    invalid = read_event_frame(next_frame(broken).encode(), SUB_ID)
+    assert isinstance(invalid, InvalidNext)
+    assert invalid.offset == "9"
+    assert invalid.unique_event_id is None
+    assert "eventName" in str(invalid.error)
+
+
+def test_a_valid_event_in_an_unusual_envelope_is_still_read() -> None:
+    # A payload key the strict one-pass envelope does not expect: the slow path reads it.
+    frame = next_frame(event_dict("10"), extensions={"trace": "x"}).encode()
+    found = read_event_frame(frame, SUB_ID)
+    assert isinstance(found, Next)
+    assert found.event.metadata.offset == "10"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"not json",
+        b'["a list"]',
+        b'{"type":"pong"}',
+        json.dumps({"id": "other", "type": "next", "payload": {}}).encode(),
+        json.dumps(
+            {"id": SUB_ID, "type": "next", "payload": {"errors": [{"message": "x"}]}}
+        ).encode(),
+    ],
+)
+def test_read_event_frame_leaves_other_frames_to_the_connection(frame: bytes) -> None:
+    assert read_event_frame(frame, SUB_ID) is None
+
+
+def test_read_event_frame_refuses_a_next_without_a_payload_object() -> None:
+    frame = json.dumps({"id": SUB_ID, "type": "next", "payload": [1]}).encode()
+    with pytest.raises(ProtocolError, match="payload is not an object"):
+        read_event_frame(frame, SUB_ID)
+    nested = "[" * 5000 + "]" * 5000
+    deep = '{"id":"' + SUB_ID + '","type":"next","payload":{"data":{"newEvent":' + nested + "}}}"
+    found = read_event_frame(deep.encode(), SUB_ID)
+    assert found is None or isinstance(found, InvalidNext)
+
+
+def test_an_unsendable_offset_makes_an_invalid_event_without_an_offset() -> None:
+    raw = next_frame(event_dict("123456789012345678901")).encode()
+    item = invalid_offset(raw, "123456789012345678901")
+    assert item.offset is None
+    assert item.raw == raw.decode()
+    assert "1 to 20 ASCII digits" in str(item.error)
+    assert "123456789012" in str(item.error)

@@ -128,10 +128,12 @@ class Commits:
         self._base = _with(self.checkpoint, updated_at=written.updated_at)
 
     def write_failed(self, count: int) -> None:
-        """The write failed: its items count again for the next one, which is due at once."""
+        """The write failed: its items count again for the next write, due once a whole batch
+        waits on it (then :attr:`blocked`: the stream retries with backoff, handing out no
+        more), or at the next commit by time."""
         self.failed = True
         self.dirty += count
-        self.due_at = 1
+        self.due_at = self.every
 
     @property
     def pending(self) -> bool:

@@ -23,7 +23,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from ohip_stream._budget import UpgradeBudget, rate_limited_wait
-from ohip_stream._exceptions import TransportError
+from ohip_stream._exceptions import OhipError, TransportError
 from ohip_stream._lifecycle import Lifecycle, StreamState, Wait
 from ohip_stream._logging import get_logger, redact
 from ohip_stream._policy import (
@@ -226,9 +226,15 @@ class Connector:
     async def _rotated(self, ended: Ended) -> None:
         self.stats.rotations += 1
         self.stats.count_reconnect("rotation")
-        if ended.token is not None:
-            self.config.auth.invalidate(ended.token)
         await self.checkpointer.commit_quietly()
+        if ended.token is not None and self.config.token_renewable:
+            self.config.auth.invalidate(ended.token)
+            # The new token is fetched now, while the gap after the complete runs (it counts
+            # from the server's close), not after it.
+            try:
+                await self.config.auth.get_token()
+            except OhipError as exc:  # the connection fetches it again, and says why
+                _log.info("stream %s: fetching the next token failed: %s", self.label, exc)
         _log.info("stream %s rotated its connection before the token expired", self.label)
 
     def _decide(self, failure: Failure) -> Action:

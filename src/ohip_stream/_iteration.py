@@ -109,7 +109,7 @@ class Iteration:
         accept = self.resume.accept
         sub_id = "1"
         while True:
-            if commits.processed() or commits.blocked:
+            if commits.processed():  # a batch is due (or waits on a failed write)
                 await self.checkpointer.commit_due()
             if self._attention:
                 await self._attend()

@@ -75,11 +75,14 @@ class Wait:
 class Lifecycle:
     """The state of one stream and what it waits for."""
 
-    __slots__ = ("state", "wait")
+    __slots__ = ("state", "stopping", "wait")
 
     def __init__(self) -> None:
         self.state = StreamState.CONNECTING
         self.wait: Wait | None = None
+        #: Whether a stop was asked (or the stream is closed): read per event, so kept as a
+        #: plain attribute.
+        self.stopping = False
 
     def to(self, state: StreamState, wait: Wait | None = None) -> bool:
         """Move to ``state`` if the table allows it; False (and no change) if it does not.
@@ -94,12 +97,8 @@ class Lifecycle:
             return False
         self.state = state
         self.wait = wait
+        self.stopping = state is StreamState.STOPPING or state is StreamState.CLOSED
         return True
-
-    @property
-    def stopping(self) -> bool:
-        """Whether a stop was asked (or the stream is closed)."""
-        return self.state is StreamState.STOPPING or self.state is StreamState.CLOSED
 
     def __repr__(self) -> str:
         return f"Lifecycle({self.state.value})"

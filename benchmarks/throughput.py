@@ -8,7 +8,7 @@ its last. The contenders alternate over the rounds; the table shows medians.
 
     python benchmarks/throughput.py [-n/--events N] [--rounds R] [--json]
 
-Defaults: 100,000 events, 9 rounds (the figures of issue 17's goal).
+Defaults: 100,000 events, 9 rounds, the size the project's throughput goals are stated for.
 
 Contenders (the plain ``websockets`` clients use its public ``recv(decode=False)`` and read
 frames undecoded, as the stream does; nothing reads a private attribute of any dependency):

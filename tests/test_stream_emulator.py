@@ -393,8 +393,8 @@ def _pongs(emu: Emulator) -> int:
 
 
 async def test_a_busy_caller_still_answers_server_pings(emu: Emulator, tmp_path: Path) -> None:
-    # The caller reads the socket itself while it asks for events; while it is busy with one,
-    # the stream's own task reads on, so the server's pings (every 0.2 s here) get their pongs.
+    # While the caller is busy with an event, the connection's reader (the transport's
+    # data_received) still answers the server's pings (every 0.2 s here) at once.
     await emu.publish(count=3)
     seen: list[str] = []
     async with stream_for(emu, tmp_path) as stream:

@@ -7,6 +7,7 @@ Item 14 (the token endpoint's deadline and body cap) is covered by ``tests/test_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers.hostile import frame, hostile_gateway, http_answer, next_frame
 from helpers.streams import emulator_auth
-
 from ohip_stream import (
     CheckpointError,
     ConfigurationError,
@@ -90,7 +91,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# --- 1. no secret follows a redirect -----------------------------------------------------------
+# --- 1. no secret follows a redirect --------------------------------------------------------------
 
 
 async def test_a_redirect_on_the_upgrade_is_not_followed_to_another_host(
@@ -116,7 +117,7 @@ async def test_a_redirect_on_the_upgrade_is_not_followed_to_another_host(
     _assert_no_secret(caplog.text)
 
 
-# --- 2. the lock directory: no symlink, no FIFO, no shared world-writable default -------------
+# --- 2. the lock directory: no symlink, no FIFO, no shared world-writable default -----------------
 
 
 async def test_a_world_writable_lock_dir_is_refused(tmp_path: Path) -> None:
@@ -159,14 +160,12 @@ async def test_a_planted_lock_file_is_never_written_through(tmp_path: Path, kind
             pass
 
     # Refused or not, never through the link and never blocked on the FIFO.
-    try:
+    with contextlib.suppress(OhipError):
         await asyncio.wait_for(enter(), 3)
-    except OhipError:
-        pass
     assert victim.read_text() == "precious\n"
 
 
-# --- 3. secrets echoed by the server never enter an exception ----------------------------------
+# --- 3. secrets echoed by the server never enter an exception -------------------------------------
 
 
 def _echo(init: dict[str, Any]) -> str:
@@ -213,7 +212,7 @@ async def test_a_secret_in_a_malformed_frame_is_redacted(
     _assert_no_secret(caplog.text)
 
 
-# --- 4. a proxy password in errors and logs -----------------------------------------------------
+# --- 4. a proxy password in errors and logs -------------------------------------------------------
 
 
 def test_a_proxy_password_is_not_in_a_configuration_error() -> None:
@@ -247,7 +246,7 @@ async def test_a_proxy_password_is_not_in_a_transport_error_or_the_logs(
     assert "PROXY-PASSWORD-2" not in caplog.text
 
 
-# --- 5. offsets no subscription can send back ---------------------------------------------------
+# --- 5. offsets no subscription can send back -----------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", ["123456789012345678901", "\u0661\u0662", "\u00b2"])
@@ -283,7 +282,8 @@ async def test_an_unsendable_offset_is_dead_lettered_never_checkpointed(
     assert len(dead) == 1
     assert bad in json.loads(dead[0])["payload"]["data"]["newEvent"]["metadata"]["offset"]
     assert stream.stats.invalid == 1
-    assert checkpoint is not None and checkpoint.offset == "3"
+    assert checkpoint is not None
+    assert checkpoint.offset == "3"
 
 
 @pytest.mark.parametrize("bad", ["123456789012345678901", "\u0661\u0662", "-1", "1e3"])
@@ -298,7 +298,7 @@ def test_an_unsendable_offset_is_refused_as_a_start(bad: str) -> None:
         )
 
 
-# --- 6. an offset reset is logged, counted and delivered ---------------------------------------
+# --- 6. an offset reset is logged, counted and delivered ------------------------------------------
 
 
 def _resetting_gateway() -> Any:
@@ -344,14 +344,18 @@ async def test_an_offset_reset_can_stop_the_stream(tmp_path: Path) -> None:
             timings=Timings(drain_timeout=0.3, **QUICK),
         )
         got: list[str] = []
-        with pytest.raises(ProtocolError, match="reset"):
+
+        async def consume() -> None:
             async with stream:
                 async for event in stream:
                     got.append(event.metadata.offset)
+
+        with pytest.raises(ProtocolError, match="reset"):
+            await consume()
     assert got == ["100"]
 
 
-# --- 7. a dead-letter callback that raises: the frame comes again -------------------------------
+# --- 7. a dead-letter callback that raises: the frame comes again ---------------------------------
 
 
 async def test_a_failing_dead_letter_callback_is_called_again(tmp_path: Path) -> None:
@@ -372,10 +376,14 @@ async def test_a_failing_dead_letter_callback_is_called_again(tmp_path: Path) ->
                 emu, auth, tmp_path, checkpoints=store, on_invalid=dead_letter, commit_every=1
             )
             got: list[str] = []
+
+            async def until_the_callback_fails() -> None:
+                async for event in stream:
+                    got.append(event.metadata.offset)
+
             async with stream:
                 with pytest.raises(RuntimeError, match="dead-letter store down"):
-                    async for event in stream:
-                        got.append(event.metadata.offset)
+                    await until_the_callback_fails()
                 held = await store.load(stream.stream_id)
                 assert held is None or int(held.offset or 0) < 4
                 async for event in stream:
@@ -385,10 +393,11 @@ async def test_a_failing_dead_letter_callback_is_called_again(tmp_path: Path) ->
             final = await store.load(stream.stream_id)
     assert calls == ["4", "4"]
     assert got == ["1", "2", "3", "5", "6", "7"]
-    assert final is not None and final.offset == "7"
+    assert final is not None
+    assert final.offset == "7"
 
 
-# --- 8. a failing checkpoint store -------------------------------------------------------------
+# --- 8. a failing checkpoint store ----------------------------------------------------------------
 
 
 class _FlakyStore(MemoryCheckpointStore):
@@ -428,7 +437,8 @@ async def test_a_failed_save_during_a_rotation_does_not_end_the_stream(tmp_path:
                     await asyncio.sleep(0.05)
             checkpoint = await store.load(stream.stream_id)
     assert store.failures == 1
-    assert checkpoint is not None and checkpoint.offset == got[-1]
+    assert checkpoint is not None
+    assert checkpoint.offset == got[-1]
 
 
 async def test_a_locked_sqlite_database_never_blocks_the_loop(tmp_path: Path) -> None:
@@ -466,7 +476,8 @@ async def test_a_locked_sqlite_database_never_blocks_the_loop(tmp_path: Path) ->
             other.close()
     assert count == 300
     assert lag[0] < 0.5, f"the event loop was blocked for {lag[0]:.2f} s"
-    assert checkpoint is not None and checkpoint.offset == "300"
+    assert checkpoint is not None
+    assert checkpoint.offset == "300"
 
 
 async def test_a_deleted_checkpoint_file_raises_a_checkpoint_error(tmp_path: Path) -> None:
@@ -475,7 +486,8 @@ async def test_a_deleted_checkpoint_file_raises_a_checkpoint_error(tmp_path: Pat
         await emu.publish(200)
         async with emulator_auth(emu) as auth, SQLiteCheckpointStore(folder / "o.db") as store:
             stream = _emu_stream(emu, auth, tmp_path, checkpoints=store, commit_every=5)
-            with pytest.raises(CheckpointError):
+
+            async def consume() -> None:
                 async with stream:
                     async for event in stream:
                         if event.metadata.offset == "10":
@@ -483,8 +495,11 @@ async def test_a_deleted_checkpoint_file_raises_a_checkpoint_error(tmp_path: Pat
                         if event.metadata.offset == "200":
                             break
 
+            with pytest.raises(CheckpointError):
+                await consume()
 
-# --- 10. a server complete without a close -------------------------------------------------------
+
+# --- 10. a server complete without a close --------------------------------------------------------
 
 
 async def test_a_complete_without_close_is_closed_after_the_drain_timeout(tmp_path: Path) -> None:
@@ -508,7 +523,7 @@ async def test_a_complete_without_close_is_closed_after_the_drain_timeout(tmp_pa
     assert len([c for c in emu.connections if "subscribe" in c.message_types]) == 2
 
 
-# --- 11. and 12. one stream, one guard, one id ---------------------------------------------------
+# --- 11. and 12. one stream, one guard, one id ----------------------------------------------------
 
 
 @pytest.mark.parametrize(("first", "second"), [("app_key", "stream"), ("stream", "app_key")])
@@ -558,7 +573,9 @@ async def test_a_huge_retry_after_is_capped(tmp_path: Path) -> None:
         async with stream:
             taking = asyncio.ensure_future(anext(stream))
             deadline = time.monotonic() + 3
-            while stream.waiting is None and time.monotonic() < deadline:
+            while stream.waiting is None:
+                if time.monotonic() > deadline:
+                    break
                 await asyncio.sleep(0.02)
             waiting = stream.waiting
             stream.request_stop()
@@ -568,7 +585,7 @@ async def test_a_huge_retry_after_is_capped(tmp_path: Path) -> None:
     assert waiting.until - time.time() <= 3600 + 1
 
 
-# --- 15. unique ids of 100 KB ------------------------------------------------------------------------
+# --- 15. unique ids of 100 KB ---------------------------------------------------------------------
 
 
 async def test_huge_unique_ids_are_bounded_in_memory(tmp_path: Path) -> None:
@@ -601,7 +618,7 @@ async def test_huge_unique_ids_are_bounded_in_memory(tmp_path: Path) -> None:
     assert held < 5_000_000, f"{held / 1e6:.1f} MB still held"
 
 
-# --- 16. configuration errors of other types ---------------------------------------------------------
+# --- 16. configuration errors of other types ------------------------------------------------------
 
 
 def test_a_missing_gateway_url_is_a_configuration_error() -> None:

@@ -644,3 +644,59 @@ def test_a_bad_ohip_timings_is_a_configuration_error(
     monkeypatch.setenv("OHIP_TIMINGS", "x")
     with pytest.raises(ConfigurationError, match="OHIP_TIMINGS"):
         EventStream.from_env()
+
+
+# --- 5. and 16. through the command line ---------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A configured environment (nothing listens at the gateway) and a private lock dir."""
+    pytest.importorskip("typer")
+    for name in list(os.environ):
+        if name.startswith("OHIP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    values = {
+        "GATEWAY_URL": f"http://127.0.0.1:{_free_port()}",
+        "APP_KEY": "app-key-1",
+        "CHAIN_CODE": "OHIPCN",
+        "CLIENT_ID": "client",
+        "CLIENT_SECRET": "secret-1",
+        "ENTERPRISE_ID": "ENT1",
+        "CHECKPOINT_DB": str(tmp_path / "offsets.db"),
+        "LOCK_DIR": str(tmp_path / "locks"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(f"OHIP_{name}", value)
+    return tmp_path / "offsets.db"
+
+
+@pytest.mark.parametrize("bad", ["123456789012345678901", "\u0661\u0662", "\u00b2"])
+@pytest.mark.parametrize("command", [["checkpoint", "set"], ["replay", "--from-offset"]])
+def test_the_cli_refuses_an_unsendable_offset(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], command: list[str], bad: str
+) -> None:
+    from ohip_stream.cli import main
+
+    code = main([*command, bad])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "offset" in err
+    assert "Traceback" not in err
+    if cli_env.exists():
+        assert bad not in cli_env.read_bytes().decode("utf-8", "replace")
+
+
+def test_the_cli_names_a_bad_ohip_timings(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ohip_stream.cli import main
+
+    monkeypatch.setenv("OHIP_TIMINGS", "x")
+    code = main(["checkpoint", "show"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "OHIP_TIMINGS" in err
+    assert "unexpected" not in err.lower()
+    assert "Traceback" not in err

@@ -61,7 +61,9 @@ async def _until(check: Any, seconds: float = 3.0) -> None:
 
 async def test_a_due_rotation_held_back_by_a_full_buffer_does_not_spin(tmp_path: Path) -> None:
     async with Emulator(complete_gap=0.2) as emu:
-        await emu.publish(400)
+        # More than the buffer holds (it fills and the rotation is held back), but few enough
+        # that what is still in flight fits in it when the block is left.
+        await emu.publish(80)
         async with emulator_auth(emu) as auth:
             timings = Timings(rotate_after=0.2, **QUICK)
             stream = _stream(emu, auth, tmp_path, timings=timings, queue_size=50)
@@ -72,7 +74,8 @@ async def test_a_due_rotation_held_back_by_a_full_buffer_does_not_spin(tmp_path:
                 await asyncio.sleep(1.0)
                 cpu = time.process_time() - cpu0
                 wall = time.monotonic() - wall0
-                # The rotation waits for the caller: no complete was sent meanwhile.
+                # The rotation is due and waits for the caller: no complete was sent meanwhile.
+                assert stream.state.value == "completing"
                 assert stream.stats.rotations == 0
                 assert "complete" not in emu.connections[0].message_types
         assert cpu < 0.3, f"{cpu:.2f} s of CPU in {wall:.2f} s while the rotation waited"

@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,32 @@ async def test_a_redirect_on_the_upgrade_is_not_followed_to_another_host(
     # Not followed: each redirect is a failed upgrade of the configured gateway.
     assert sum(stream.stats.reconnects.values()) >= 1
     _assert_no_secret(caplog.text)
+
+
+async def test_a_same_origin_redirect_loop_is_counted_in_the_upgrade_budget(
+    tmp_path: Path,
+) -> None:
+    requests: list[str] = []
+    loop_back = http_answer(307, Location="/self")
+
+    def count(connection: Any, request: Any) -> Any:
+        requests.append(request.path)
+        return loop_back(connection, request)
+
+    async with hostile_gateway(process_request=count) as gw:
+        stream = EventStream(
+            gateway_url=gw.url,
+            app_key=f"redirect-loop-{uuid.uuid4()}",  # a budget of its own
+            chain_code="OHIPCN",
+            auth=StaticToken(TOKEN),
+            lock_dir=tmp_path,
+            timings=Timings(upgrade_budget=(4, 120), max_rate_limited_wait=0.5, **QUICK),
+        )
+        error = await _first_error(stream)
+    assert isinstance(error, RateLimitedError)
+    # Every request that reached the gateway was one upgrade of the budget: none followed.
+    assert len(requests) == 4
+    assert "/self" not in requests
 
 
 # --- 2. the lock directory: no symlink, no FIFO, no shared world-writable default -----------------

@@ -486,14 +486,25 @@ async def test_a_locked_sqlite_database_never_blocks_the_loop(tmp_path: Path) ->
             async with emulator_auth(emu) as auth, SQLiteCheckpointStore(path) as store:
                 stream = _emu_stream(emu, auth, tmp_path, checkpoints=store, commit_every=20)
                 count = 0
+                locked = False
+                handed_while_locked = 0
+
+                def release(connection: sqlite3.Connection) -> None:
+                    nonlocal locked
+                    connection.rollback()
+                    locked = False
+
                 async with stream:
                     async for event in stream:
                         count += 1
+                        if locked:
+                            handed_while_locked = int(event.metadata.offset)
                         if event.metadata.offset == "30":
                             # Another program holds a write lock for a second.
                             other = sqlite3.connect(path, isolation_level=None)
                             other.execute("BEGIN EXCLUSIVE")
-                            asyncio.get_running_loop().call_later(1.0, other.rollback)
+                            locked = True
+                            asyncio.get_running_loop().call_later(1.0, release, other)
                         if count == 300:
                             break
                 checkpoint = await store.load(stream.stream_id)
@@ -502,6 +513,9 @@ async def test_a_locked_sqlite_database_never_blocks_the_loop(tmp_path: Path) ->
         if other is not None:
             other.close()
     assert count == 300
+    # The last commit before the lock was at offset 20 or 40 (batches of 20): the stream hands
+    # out at most one batch past it while the commits wait (not the 270 events on hand).
+    assert 30 < handed_while_locked <= 40 + 20 + 1, handed_while_locked
     assert lag[0] < 0.5, f"the event loop was blocked for {lag[0]:.2f} s"
     assert checkpoint is not None
     assert checkpoint.offset == "300"

@@ -468,7 +468,12 @@ async def test_a_failed_save_during_a_rotation_does_not_end_the_stream(tmp_path:
     assert checkpoint.offset == got[-1]
 
 
-async def test_a_locked_sqlite_database_never_blocks_the_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy_timeout", [5.0, 0.2])
+async def test_a_locked_sqlite_database_never_blocks_the_loop(
+    tmp_path: Path, busy_timeout: float
+) -> None:
+    # Locked for 1 s: within the store's busy timeout (the commit waits in its thread), or past
+    # it (CheckpointUnavailableError: retried with backoff while handing out stops).
     path = tmp_path / "locked.db"
     lag = [0.0]
 
@@ -483,7 +488,10 @@ async def test_a_locked_sqlite_database_never_blocks_the_loop(tmp_path: Path) ->
     try:
         async with Emulator(complete_gap=0.2) as emu:
             await emu.publish(300)
-            async with emulator_auth(emu) as auth, SQLiteCheckpointStore(path) as store:
+            async with (
+                emulator_auth(emu) as auth,
+                SQLiteCheckpointStore(path, busy_timeout=busy_timeout) as store,
+            ):
                 stream = _emu_stream(emu, auth, tmp_path, checkpoints=store, commit_every=20)
                 count = 0
                 locked = False

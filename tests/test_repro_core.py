@@ -147,7 +147,7 @@ async def test_a_static_token_past_its_rotation_time_does_not_storm(tmp_path: Pa
                 async for _ in stream:
                     pass
 
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(consume(), 1.5)
         assert len(emu.connections) <= 2
         assert stream.stats.rotations <= 1

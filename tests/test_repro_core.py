@@ -274,6 +274,7 @@ async def test_leaving_the_block_with_a_full_buffer_returns_promptly(tmp_path: P
                 await anext(stream)
                 await asyncio.sleep(0.3)  # the buffer fills; reading pauses
                 started = time.monotonic()
+                await asyncio.wait_for(stream.aclose(), 3)  # what leaving the block does
             took = time.monotonic() - started
         assert emu.connections[0].closed_by == "server"
         assert took < 3, f"leaving the block took {took:.1f} s"

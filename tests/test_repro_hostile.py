@@ -26,6 +26,7 @@ import pytest
 from helpers.hostile import frame, hostile_gateway, http_answer, next_frame
 from helpers.streams import emulator_auth
 from ohip_stream import (
+    Checkpoint,
     CheckpointError,
     ConfigurationError,
     ConsumerAlreadyRunningError,
@@ -38,6 +39,7 @@ from ohip_stream import (
     StaticToken,
     Timings,
 )
+from ohip_stream._net import legacy_stream_id
 from ohip_stream._resume import MAX_ID_CHARS
 from ohip_stream.testing import Emulator
 
@@ -613,6 +615,34 @@ def test_localhost_and_127_0_0_1_give_one_stream_id() -> None:
 
     assert stream_id("http://localhost:8080") == stream_id("http://127.0.0.1:8080")
     assert stream_id("https://GW.example.com:443/") == stream_id("https://gw.example.com")
+
+
+async def test_a_checkpoint_under_the_old_localhost_id_is_found(tmp_path: Path) -> None:
+    async with Emulator(complete_gap=0.2) as emu:
+        await emu.publish(5)
+        url = emu.gateway_url.replace("127.0.0.1", "localhost")
+        old_id = legacy_stream_id(url, emu.chain_code, emu.app_key)
+        assert old_id is not None
+        store = MemoryCheckpointStore()
+        done = emu.events()[2]["metadata"]
+        await store.save(old_id, Checkpoint(offset="3", unique_event_id=done["uniqueEventId"]))
+        async with emulator_auth(emu) as auth:
+            stream = EventStream(
+                gateway_url=url,
+                app_key=emu.app_key,
+                chain_code=emu.chain_code,
+                auth=auth,
+                checkpoints=store,
+                lock_dir=tmp_path,
+                timings=Timings(**QUICK),
+            )
+            assert stream.stream_id != old_id
+            async with stream:
+                first = await asyncio.wait_for(anext(stream), 5)
+        moved = await store.load(stream.stream_id)
+    # Resumed after the checkpoint stored under the old id (not from the start).
+    assert first.metadata.offset == "4"
+    assert moved is not None
 
 
 # --- 13. Retry-After: 1e12 ------------------------------------------------------------------------

@@ -80,6 +80,8 @@ FATAL_ROWS = [
     pytest.param(http(403), ForbiddenError, "http-403", id="http-403"),
     pytest.param(http(404), ConnectionRejectedError, "http-404", id="http-404"),
     pytest.param(http(405), ConnectionRejectedError, "http-405", id="http-405"),
+    pytest.param(http(302), ConnectionRejectedError, "http-302", id="http-302"),
+    pytest.param(http(307), ConnectionRejectedError, "http-307", id="http-307"),
     pytest.param(close(4400, "Cannot query field X"), SubscriptionError, "4400", id="4400"),
     pytest.param(close(4403), ForbiddenError, "4403", id="4403"),
     pytest.param(Failure(FailureKind.TLS, reason="bad cert"), ConfigurationError, "tls", id="tls"),
@@ -111,7 +113,6 @@ BACKOFF_ROWS = [
     pytest.param(http(408), "http-408", id="http-408"),
     pytest.param(http(499), "http-499", id="http-499"),
     pytest.param(http(200), "http-200", id="http-200"),
-    pytest.param(http(302), "http-302", id="http-302"),
     pytest.param(http(None), "http", id="http-none"),
     pytest.param(close(1001, "maintenance"), "1001", id="1001"),
     pytest.param(close(1011), "1011", id="1011"),
@@ -185,6 +186,13 @@ def test_http_other_4xx_carries_the_status() -> None:
     assert error.status == 404
     assert "404" in str(error)
     assert "Not Found" in str(error)
+
+
+def test_a_redirect_on_the_upgrade_is_fatal_and_says_it_is_not_followed() -> None:
+    error = decide(http(307, "Temporary Redirect"), first(), T, rng()).error
+    assert isinstance(error, ConnectionRejectedError)
+    assert error.status == 307
+    assert "redirect is not followed" in str(error)
 
 
 def test_http_403_is_forbidden_without_a_close_code() -> None:

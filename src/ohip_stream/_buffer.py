@@ -113,7 +113,9 @@ class Buffer:
     def clear_frames(self) -> None:
         """Drop every frame (a stop: frames not handed out were not processed and come again
         on the next run); markers are kept."""
-        self.items = deque(item for item in self.items if type(item) is not bytes)
+        kept = [item for item in self.items if type(item) is not bytes]
+        self.items.clear()  # in place: the caller's iteration holds this deque
+        self.items.extend(kept)
         self.bytes = 0
         self._check_low_water()
 

@@ -293,12 +293,16 @@ def _decide_http(
         # 408: the server gave up waiting for the request; 499 (OHIP): the client went away
         # before the answer. Both are timing, not configuration.
         return _backoff(cause, state, timings, rng)
-    if status is not None and 400 <= status < 500:
+    if status is not None and 300 <= status < 500:
+        # A redirect is never followed (the token and the raw key would go wherever it
+        # points), and it will not change by retrying: fatal, like any other 4xx.
+        hint = "a redirect is not followed: point the gateway URL at the gateway itself"
         return _fatal(
             cause,
             ConnectionRejectedError(
-                f"the gateway refused the WebSocket upgrade with HTTP {status}: check the "
-                "gateway URL" + _said(failure.reason),
+                f"the gateway answered the WebSocket upgrade with HTTP {status}: "
+                + (hint if status < 400 else "check the gateway URL")
+                + _said(failure.reason),
                 status=status,
             ),
         )

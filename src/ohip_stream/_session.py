@@ -311,11 +311,16 @@ class Session:
     # --- frames (called by the transport) ---------------------------------------------------
 
     def frame_received(self, data: bytes) -> None:
-        """The reader: an event frame goes to the buffer as it is; anything else is handled."""
+        """The reader: an event frame goes to the buffer as it is; anything else is handled.
+
+        Once a stop was asked, event frames are dropped (nothing more is handed out, so they
+        come again on the next run): the drain then reads on to the server's close instead of
+        filling the buffer and pausing the socket in front of it."""
         self.arrivals += 1
         if self._streaming and _NEXT in data:
             self.progress = True
-            self.buffer.push(data)
+            if not self.life.stopping:
+                self.buffer.push(data)
         else:
             self.control(data)
 

@@ -400,6 +400,9 @@ class EventStream:
         if self._connector is not None:
             self._connector.stop()
         if self._iteration is not None:
+            # Frames not handed out will not be: they come again next time. Clearing them
+            # also lets a paused socket read on to the server's close.
+            self._iteration.buffer.clear_frames()
             self._iteration.buffer.wake()
 
     def install_signal_handlers(

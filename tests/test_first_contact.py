@@ -113,7 +113,7 @@ def test_tail_against_a_wrong_url_exits_non_zero_with_one_line(tmp_path: Path) -
     )
     assert time.monotonic() - started < 30
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ohip-stream: error:")]
     assert len(errors) == 1, result.stderr
     assert "127.0.0.1:1" in errors[0]
     assert "--gateway-url" in errors[0]

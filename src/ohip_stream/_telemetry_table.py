@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timezone
 from typing import Any, Protocol
 
 from ohip_stream._lifecycle import StreamState
@@ -187,9 +188,13 @@ def _idle(snap: StreamSnapshot, watched: Watched) -> float | None:
 
 def _lag(snap: StreamSnapshot, _: Watched) -> float | None:
     moment = parse_timestamp(snap.last_event_timestamp)
-    if moment is None or moment.tzinfo is None:  # a naive time names no zone: no lag
+    if moment is None:
         return None
-    return max(0.0, snap.taken_at - moment.timestamp())
+    if moment.tzinfo is None:
+        # OHIP's timestamps name no zone: taken as UTC (a constant offset in the lag is the
+        # zone of the environment; not clamped, so that it shows).
+        moment = moment.replace(tzinfo=timezone.utc)
+    return snap.taken_at - moment.timestamp()
 
 
 def _checkpoint_age(snap: StreamSnapshot, _: Watched) -> float | None:
@@ -296,7 +301,7 @@ METRICS: Sequence[Spec] = (
         "ohip.stream.event.lag",
         "gauge",
         "s",
-        "Now minus the timestamp of the last event handed out",
+        "Now minus the timestamp of the last event handed out (a timestamp without a zone: UTC)",
         _one(_lag),
     ),
     Spec(

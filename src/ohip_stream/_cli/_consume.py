@@ -236,6 +236,9 @@ async def _tail(options: TailOptions) -> int:
             offset=from_offset,
             start_at_highest=options.from_highest,
             delta=options.delta,
+            # A long-running tail outlives an event that breaks the schema: a WARNING names it,
+            # the dead-letter count (its metric) goes up, and the stream goes on.
+            on_invalid="skip",
         )
         if options.status:
             options.from_offset = from_offset

@@ -39,7 +39,6 @@ from ohip_stream._telemetry_table import (
     Spec,
     Watched,
     base_attributes,
-    readiness,
 )
 
 if TYPE_CHECKING:
@@ -104,16 +103,11 @@ class Telemetry:
         everyone = True
         for watched in self._streams():
             snap = watched.stream.snapshot()
-            self._judge(watched, snap)
+            watched.observe(snap)
             reason = snap.waiting.reason if snap.waiting is not None else None
             states[snap.stream_id] = snap.state.value + (f":{reason}" if reason else "")
             everyone = everyone and watched.ready
         return bool(states) and everyone, states
-
-    @staticmethod
-    def _judge(watched: Watched, snap: StreamSnapshot) -> None:
-        reason = snap.waiting.reason if snap.waiting is not None else None
-        watched.ready = readiness(snap.state, reason, watched.ready)
 
     # --- commit batches ---------------------------------------------------------------------
 
@@ -182,10 +176,7 @@ class Telemetry:
         """A snapshot of the stream, what it changes in the memory kept between collections,
         and the stream's attributes."""
         snap = watched.stream.snapshot()
-        self._judge(watched, snap)
-        if snap.stats.events != watched.events:
-            watched.events = snap.stats.events
-            watched.events_changed_at = snap.taken_at
+        watched.observe(snap)
         return snap, base_attributes(watched.application, snap.chain_code)
 
     # --- OpenTelemetry ----------------------------------------------------------------------

@@ -110,6 +110,26 @@ class Watched:
     events_changed_at: float | None = None
     #: The last readiness verdict (``CONNECTING`` after a planned rotation inherits it).
     ready: bool = False
+    #: The last checkpointed offset seen, and since when it has not moved.
+    offset: str | None = None
+    offset_since: float | None = None
+
+    def observe(self, snap: StreamSnapshot) -> None:
+        """Note what moved since the last collection (on the stream's clock)."""
+        if snap.stats.events != self.events:
+            self.events = snap.stats.events
+            self.events_changed_at = snap.taken_at
+        if self.offset_since is None or snap.checkpoint_offset != self.offset:
+            first = self.offset_since is None
+            self.offset = snap.checkpoint_offset
+            # The first look knows only when the checkpoint was last written (it may have been
+            # written by an earlier run: the age goes on across restarts).
+            written = snap.checkpoint_updated_at
+            self.offset_since = written if first and written is not None else snap.taken_at
+        self.ready = readiness(
+            snap.state, snap.waiting.reason if snap.waiting is not None else None, self.ready
+        )
+
     #: Durations of commit batches: counts per bucket (the last one is +Inf), sum and count.
     process_buckets: list[int] = field(default_factory=lambda: [0] * (len(PROCESS_BUCKETS) + 1))
     process_sum: float = 0.0
@@ -197,9 +217,16 @@ def _lag(snap: StreamSnapshot, _: Watched) -> float | None:
     return snap.taken_at - moment.timestamp()
 
 
-def _checkpoint_age(snap: StreamSnapshot, _: Watched) -> float | None:
-    updated = snap.checkpoint_updated_at
-    return None if updated is None else max(0.0, snap.taken_at - updated)
+def _checkpoint_age(snap: StreamSnapshot, watched: Watched) -> float | None:
+    # How long the committed position has stood still while events may wait behind it: the
+    # events after it are lost when they pass the 7-day retention, and the server forgets the
+    # position after 24 hours. A stream that is subscribed with nothing buffered is caught up
+    # (no newer position exists), so its age is 0: a quiet chain raises no alert.
+    if snap.checkpoint_offset is None or watched.offset_since is None:
+        return None
+    if snap.state in _SUBSCRIBED and snap.buffered == 0:
+        return 0.0
+    return max(0.0, snap.taken_at - watched.offset_since)
 
 
 def _window_left(window: float) -> Callable[[StreamSnapshot, Watched], float | None]:
@@ -308,7 +335,7 @@ METRICS: Sequence[Spec] = (
         "ohip.checkpoint.age",
         "gauge",
         "s",
-        "Seconds since the checkpoint was last written",
+        "Seconds the committed offset has not moved while events may wait (0 when caught up)",
         _one(_checkpoint_age),
     ),
     Spec(

@@ -186,6 +186,41 @@ def test_unconfigured_opentelemetry_reads_nothing() -> None:
     assert calls == []
 
 
+def test_one_snapshot_per_stream_per_collection_and_fresh_values_each_time() -> None:
+    stream = FakeStream(stats=StreamStats(events=1), state=StreamState.LIVE)
+    calls = []
+    original = stream.snapshot
+
+    def counted() -> StreamSnapshot:
+        calls.append(1)
+        return original()
+
+    stream.snapshot = counted  # type: ignore[method-assign]
+    telemetry = Telemetry()
+    telemetry.watch(stream)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry.instrument(provider)
+
+    def consumed() -> float:
+        data = reader.get_metrics_data()
+        assert data is not None
+        for metric in data.resource_metrics[0].scope_metrics[0].metrics:
+            if metric.name == CONSUMED[0]:
+                return next(
+                    p.value for p in metric.data.data_points if "error.type" not in p.attributes
+                )
+        raise AssertionError("no consumed messages")
+
+    calls.clear()
+    assert consumed() == 1
+    assert len(calls) == 1
+    stream.set(stats=StreamStats(events=9))
+    assert consumed() == 9
+    assert len(calls) == 2
+    provider.shutdown()
+
+
 # --- values -----------------------------------------------------------------------------------
 
 

@@ -164,14 +164,6 @@ class Telemetry:
             for spec in METRICS
         ]
 
-    def points(self, spec: Spec) -> list[Point]:
-        """The points of one metric of every watched stream, now."""
-        found: list[Point] = []
-        for watched in self._streams():
-            snap, base = self._look(watched)
-            found.extend(spec.read(snap, watched, base))
-        return found
-
     def _look(self, watched: Watched) -> tuple[StreamSnapshot, Attributes]:
         """A snapshot of the stream, what it changes in the memory kept between collections,
         and the stream's attributes."""
@@ -201,25 +193,51 @@ class Telemetry:
         self._histograms.append(_register(meter, self))
 
 
+class _Collection:
+    """One snapshot per stream per collection, shared by every instrument's callback.
+
+    The SDK calls the callbacks in the order the instruments were made, once each per
+    collection: a callback whose index is not past the previous one's starts a new collection
+    (so a reader that skips some instruments still gets fresh values).
+    """
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+        self._readings: dict[str, Reading] | None = None
+        self._last = -1
+
+    def points(self, index: int, name: str) -> list[Point]:
+        if self._readings is None or index <= self._last:
+            self._readings = {r.name: r for r in self._telemetry.readings()}
+        self._last = index
+        return list(self._readings[name].points)
+
+
 def _register(meter: Meter, telemetry: Telemetry) -> Histogram:
-    """Observable instruments over the table (each callback reads its own metric at
-    collection), and the histogram of commit batches."""
+    """Observable instruments over the table (read at collection, one snapshot per stream),
+    and the histogram of commit batches."""
     from opentelemetry.metrics import CallbackOptions, Observation
 
-    def callback_for(spec: Spec) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    collection = _Collection(telemetry)
+
+    def callback_for(index: int, spec: Spec) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(p.value, p.attributes) for p in telemetry.points(spec)]
+            points = collection.points(index, spec.name)
+            return [Observation(p.value, p.attributes) for p in points]
 
         return callback
 
-    for spec in METRICS:
+    for index, spec in enumerate(METRICS):
         make = (
             meter.create_observable_counter
             if spec.kind == "counter"
             else meter.create_observable_gauge
         )
         make(
-            spec.name, callbacks=[callback_for(spec)], unit=spec.unit, description=spec.description
+            spec.name,
+            callbacks=[callback_for(index, spec)],
+            unit=spec.unit,
+            description=spec.description,
         )
     return meter.create_histogram(
         PROCESS_DURATION,

@@ -28,10 +28,7 @@ pytest.importorskip("prometheus_client")
 
 from ohip_stream.testing import Emulator
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
-    pytest.mark.slow,
-]
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 CLI = [sys.executable, "-m", "ohip_stream.cli"]
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -159,6 +156,7 @@ def tail(emu: Emulator, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str],
             err.done.wait(timeout=5)
 
 
+@pytest.mark.slow
 def test_tail_metrics_after_events_a_drop_a_lockout_and_an_invalid_event(
     emu: Emulator, tail: tuple[subprocess.Popen[str], Stderr, str]
 ) -> None:
@@ -252,3 +250,44 @@ def test_tail_log_format_json_writes_json_lines(emu: Emulator, tmp_path: Path) -
     assert any(r["logger"].startswith("ohip_stream") for r in records)
     for secret in (emu.client_secret, emu.app_key, emu.key_hash):
         assert secret not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--metrics-port", "http"], "--metrics-port must be PORT or HOST:PORT"),
+        (["--metrics-port", "99999"], "from 0 to 65535"),
+        (["--log-format", "xml"], "--log-format must be one of text, json"),
+    ],
+)
+def test_bad_metrics_and_log_options_are_one_clear_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ohip_stream import cli
+
+    code = cli.main(["tail", *argv])
+    _out, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("ohip-stream: error:")]
+    assert needle in line
+
+
+def test_a_port_in_use_is_a_clear_error(emu: Emulator, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*CLI, "tail", "-q", "--metrics-port", str(port)],
+            cwd=tmp_path,
+            env=tail_env(emu, tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

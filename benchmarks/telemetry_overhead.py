@@ -9,12 +9,15 @@ the cost per event, without the start-up (imports, connecting) that both share.
 Modes:
 
 * ``off``: no telemetry at all (what an application that never asks for it pays);
+* ``imports``: ``off``, with the OpenTelemetry SDK and ``prometheus-client`` imported and
+  unused (what a bigger heap alone costs: the garbage collector's full passes walk it);
 * ``api``: ``Telemetry.instrument()`` on the OpenTelemetry API's default (no SDK) provider;
-* ``sdk``: an SDK ``MeterProvider`` with a reader collecting every 1,000 events (far more often
-  than a real 60-second export interval) and one ``messaging.process.duration`` observation per
-  commit batch of 1,000 events.
+* ``sdk``: an SDK ``MeterProvider`` with a reader collecting every ``--collect-every`` events
+  (default 1,000: far more often than a 60-second export interval at tens of events per second)
+  and one ``messaging.process.duration`` observation per commit batch of 1,000 events.
 
-    python benchmarks/telemetry_overhead.py [--small 1000] [--large 4000] [--json]
+    python benchmarks/telemetry_overhead.py [--small 1000] [--large 5000] [--collect-every 1000]
+        [--modes off,imports,api,sdk] [--json]
 
 Needs valgrind (``apt-get install valgrind``). Takes a few minutes (Python under cachegrind is
 about 50 times slower).
@@ -36,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("off", "api", "sdk")
+MODES = ("off", "imports", "api", "sdk")
 BATCH = 1000
 
 
@@ -47,7 +50,7 @@ def _free_port() -> int:
         return port
 
 
-async def consume(mode: str, events: int, env: dict[str, str]) -> None:
+async def consume(mode: str, events: int, env: dict[str, str], collect_every: int) -> None:
     """The measured process: take ``events`` events from offset 1, with telemetry ``mode``."""
     from ohip_stream import EventStream, MemoryCheckpointStore, OAuthClientCredentials
 
@@ -70,7 +73,12 @@ async def consume(mode: str, events: int, env: dict[str, str]) -> None:
     )
     collect: Any = None
     telemetry: Any = None
-    if mode != "off":
+    if mode == "imports":
+        import opentelemetry.sdk.metrics
+        import prometheus_client
+
+        del opentelemetry, prometheus_client
+    elif mode != "off":
         from ohip_stream._telemetry import Telemetry
 
         telemetry = Telemetry(application="bench")
@@ -89,13 +97,12 @@ async def consume(mode: str, events: int, env: dict[str, str]) -> None:
     async with auth, stream:
         async for _event in stream:
             taken += 1
-            if taken % BATCH == 0:
-                if telemetry is not None:
-                    # What the proposed commit hook would do: one observation per batch.
-                    telemetry.record_process(stream.stream_id, BATCH, time.perf_counter() - started)
-                    started = time.perf_counter()
-                if collect is not None:
-                    collect()
+            if taken % BATCH == 0 and telemetry is not None:
+                # What the proposed commit hook would do: one observation per batch.
+                telemetry.record_process(stream.stream_id, BATCH, time.perf_counter() - started)
+                started = time.perf_counter()
+            if collect is not None and taken % collect_every == 0:
+                collect()
             if taken >= events:
                 break
 
@@ -108,7 +115,7 @@ def _instructions(output: Path) -> int:
     return int(match.group(1))
 
 
-def measure(mode: str, events: int, env_file: Path, work: Path) -> int:
+def measure(mode: str, events: int, env_file: Path, work: Path, collect_every: int) -> int:
     out = work / f"cachegrind.{mode}.{events}"
     done = subprocess.run(
         [
@@ -124,6 +131,8 @@ def measure(mode: str, events: int, env_file: Path, work: Path) -> int:
             str(events),
             "--env-file",
             str(env_file),
+            "--collect-every",
+            str(collect_every),
         ],
         capture_output=True,
         text=True,
@@ -156,14 +165,18 @@ def _wait_for_env(path: Path, timeout: float = 60.0) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=1000)
-    parser.add_argument("--large", type=int, default=4000)
+    parser.add_argument("--large", type=int, default=5000)
+    parser.add_argument("--collect-every", type=int, default=1000)
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--consume", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--env-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.consume:
-        asyncio.run(consume(args.consume, args.events, _read_env(args.env_file)))
+        asyncio.run(
+            consume(args.consume, args.events, _read_env(args.env_file), args.collect_every)
+        )
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -195,9 +208,10 @@ def main() -> int:
             results: dict[str, float] = {}
             # "off" is measured first and again last: the difference is the noise of the
             # measurement (scheduling changes how many frames each socket read brings).
-            for mode in (*MODES, "off again"):
-                small = measure(mode.split()[0], args.small, env_file, work)
-                large = measure(mode.split()[0], args.large, env_file, work)
+            modes = [m for m in args.modes.split(",") if m in MODES and m != "off"]
+            for mode in ("off", *modes, "off again"):
+                small = measure(mode.split()[0], args.small, env_file, work, args.collect_every)
+                large = measure(mode.split()[0], args.large, env_file, work, args.collect_every)
                 results[mode] = (large - small) / (args.large - args.small)
         finally:
             emulator.terminate()
@@ -206,10 +220,13 @@ def main() -> int:
     report = {
         "instructions_per_event": {mode: round(value) for mode, value in results.items()},
         "overhead_percent": {
-            mode: round(100 * (results[mode] - off) / off, 2) for mode in MODES if mode != "off"
+            mode: round(100 * (value - off) / off, 2)
+            for mode, value in results.items()
+            if not mode.startswith("off")
         },
         "noise_percent": round(100 * abs(results["off"] - results["off again"]) / off, 2),
         "events": [args.small, args.large],
+        "collect_every": args.collect_every,
     }
     if args.json:
         print(json.dumps(report))

@@ -291,3 +291,25 @@ def test_a_port_in_use_is_a_clear_error(emu: Emulator, tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_consumer_runs(emu: Emulator, tmp_path: Path) -> None:
+    # The measured half of benchmarks/telemetry_overhead.py, without valgrind.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "telemetry_overhead.py"
+    if not script.is_file():
+        pytest.skip("benchmarks/ is not part of this distribution")
+    asyncio.run(emu.publish(30))
+    env_file = tmp_path / "emulator.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in emu.env().items()))
+    done = subprocess.run(
+        [
+            *(sys.executable, str(script), "--consume", "sdk", "--events", "30"),
+            *("--env-file", str(env_file), "--collect-every", "10"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -94,6 +94,21 @@ def tail(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
     ] = False,
+    metrics_port: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-port",
+            metavar="[HOST:]PORT",
+            help="Serve /metrics (Prometheus), /livez and /readyz on this port (host "
+            "127.0.0.1 unless given, e.g. 0.0.0.0:9464).",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format", metavar="text|json", help="Log records as text or JSON lines."
+        ),
+    ] = "text",
     verbose: Verbose = 0,
 ) -> None:
     """Consume the stream: a table on a terminal, JSON lines (the wire form) when piped or
@@ -105,8 +120,10 @@ def tail(
     """
     note_verbose(verbose)
     from ohip_stream._cli._consume import ConnectionFlags, TailOptions, run_tail
+    from ohip_stream._cli._metrics import check_listen, json_logs
 
     start_logging()
+    json_logs(log_format)
     code = run_tail(
         TailOptions(
             connection=ConnectionFlags(
@@ -130,6 +147,7 @@ def tail(
             max_events=max_events,
             status=not quiet,
             json=as_json,
+            metrics=check_listen(metrics_port),
         )
     )
     raise typer.Exit(code)

@@ -23,6 +23,7 @@ from ohip_stream._cli._common import (
     offset_argument,
     write_line,
 )
+from ohip_stream._cli._metrics import serve_metrics
 from ohip_stream._cli._status import StatusLine
 from ohip_stream._exceptions import ConfigurationError, OhipError
 from ohip_stream._models import Event
@@ -73,6 +74,8 @@ class TailOptions:
     max_events: int | None = None
     status: bool = True
     json: bool = False
+    #: ``--metrics-port``: where to serve metrics and health checks (None: not served).
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass
@@ -233,6 +236,9 @@ async def _tail(options: TailOptions) -> int:
             offset=from_offset,
             start_at_highest=options.from_highest,
             delta=options.delta,
+            # A long-running tail outlives an event that breaks the schema: a WARNING names it,
+            # the dead-letter count (its metric) goes up, and the stream goes on.
+            on_invalid="skip",
         )
         if options.status:
             options.from_offset = from_offset
@@ -285,7 +291,11 @@ async def _consume_tail(stream: EventStream, options: TailOptions) -> int:
     reporter: asyncio.Task[None] | None = None
     signals = _Signals(stream.request_stop)
     try:
-        async with stream:
+        async with stream, serve_metrics([stream], options.metrics) as port:
+            if port is not None and options.status:
+                host = options.metrics[0] if options.metrics else ""
+                sys.stderr.write(f"{PROG}: metrics on http://{host}:{port}/metrics\n")
+                sys.stderr.flush()
             with signals:
                 if options.status:
                     reporter = asyncio.create_task(status.run())

@@ -772,3 +772,26 @@ async def test_a_snapshot_says_where_the_stream_stands(emu: Emulator, tmp_path: 
     assert stream.snapshot().state is StreamState.CLOSED
     snapshot.stats.events = 99  # a copy: the stream's own counters are untouched
     assert stream.stats.events == 3
+
+
+async def test_each_commit_batch_is_one_process_duration_for_telemetry(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    from ohip_stream import Telemetry
+
+    await emu.publish(count=4)
+    telemetry = Telemetry()
+    batches: list[tuple[int, float]] = []
+    async with stream_for(emu, tmp_path, commit_every=2) as stream:
+        telemetry.watch(stream)
+        remove = stream.add_commit_listener(lambda count, seconds: batches.append((count, seconds)))
+        count = 0
+        async for _ in stream:
+            count += 1
+            if count == 4:
+                break
+        remove()
+    assert [count for count, _ in batches][:1] == [2]
+    assert all(seconds >= 0 for _, seconds in batches)
+    watched = telemetry._watched[stream.stream_id]
+    assert watched.process_count >= 2  # the batch of 2 events, then the rest at the block's end

@@ -49,6 +49,8 @@ from ohip_stream._models import Event, EventDetail, EventMetadata
 from ohip_stream._snapshot import StreamSnapshot
 from ohip_stream._stats import StreamStats
 from ohip_stream._stream import EventStream
+from ohip_stream._telemetry import Telemetry
+from ohip_stream._telemetry_http import MetricsServer
 from ohip_stream._timings import Timings
 from ohip_stream._version import __version__
 
@@ -74,6 +76,7 @@ __all__ = [
     "InvalidHandler",
     "MemoryCheckpointStore",
     "MessageTooLargeError",
+    "MetricsServer",
     "OAuthClientCredentials",
     "OAuthPassword",
     "OhipError",
@@ -86,6 +89,7 @@ __all__ = [
     "StreamSnapshot",
     "StreamStats",
     "SubscriptionError",
+    "Telemetry",
     "Timings",
     "TokenProvider",
     "TransportError",

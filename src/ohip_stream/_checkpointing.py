@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from ohip_stream._exceptions import CheckpointError, CheckpointUnavailableError
@@ -48,6 +48,7 @@ class Checkpointer:
         rng: random.Random,
         gateway_host: str,
         chain_code: str,
+        listeners: list[Callable[[int, float], None]] | None = None,
     ) -> None:
         self.store = store
         self.stream_id = stream_id
@@ -62,6 +63,10 @@ class Checkpointer:
         self._timer: TimerHandle | None = None
         self._quiet_commit: asyncio.Task[None] | None = None
         self._closed = False
+        #: Called after each successful write with the number of processed items it covers and
+        #: the seconds since the previous one (metrics: the processing time of a batch).
+        self.listeners = listeners if listeners is not None else []
+        self._since = clock.monotonic()
 
     async def load(self, *other_ids: str) -> Checkpoint | None:
         """The stored checkpoint (under the stream's id, else under an earlier id of the same
@@ -94,6 +99,11 @@ class Checkpointer:
                 commits.write_failed(count)
                 raise
             commits.write_succeeded(checkpoint)
+        if count and self.listeners:
+            now = self.clock.monotonic()
+            seconds, self._since = now - self._since, now
+            for listener in self.listeners:
+                listener(count, seconds)
 
     async def commit_due(self) -> None:
         """A commit is due (the batch is full, or the interval passed). A transient failure is

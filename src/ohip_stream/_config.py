@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from ohip_stream._budget import key_id
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._guard import StreamGuard
 from ohip_stream._logging import register_secret
 from ohip_stream._net import (
     GatewayAddress,
@@ -253,3 +254,17 @@ def _proxy(value: object) -> str | None:
     except ValueError as exc:
         raise ConfigurationError(f"proxy: {exc}") from None
     return value.strip()
+
+
+def take_guard(config: StreamConfig) -> StreamGuard:
+    """The one-consumer guard on this host, before any network I/O (§7)."""
+    guard = StreamGuard(
+        config.stream_id,
+        key_id=config.key_digest,
+        scope=config.guard_scope,
+        lock_dir=config.lock_dir,
+        description=f"stream {config.stream_id} (chain {config.chain_code})",
+        upgrade_window=config.timings.upgrade_budget[1],
+    )
+    guard.acquire()
+    return guard

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import AsyncGeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -37,6 +37,7 @@ from ohip_stream._config import (
     InvalidHandler,
     StreamConfig,
     build_config,
+    take_guard,
 )
 from ohip_stream._connector import Connector
 from ohip_stream._exceptions import ConfigurationError, OhipError, TransportError
@@ -202,6 +203,7 @@ class EventStream:
         self._entered = False
         self._closed = False
         self._signals: list[int] = []
+        self._commit_listeners: list[Callable[[int, float], None]] = []
 
     # --- construction from the environment ----------------------------------------------------
 
@@ -247,6 +249,13 @@ class EventStream:
         seconds) and why (``detail``); None otherwise."""
         return self._life.wait if self._life.state is StreamState.WAITING else None
 
+    def add_commit_listener(self, listener: Callable[[int, float], None]) -> Callable[[], None]:
+        """Call ``listener(count, seconds)`` after each successful checkpoint write: how many
+        processed events it covers, and the seconds since the previous write (what metrics
+        record as the processing time of a batch). Returns a function that removes it."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
+
     def snapshot(self) -> StreamSnapshot:
         """What the stream is doing and how far it got, now (for metrics and health checks)."""
         return take_snapshot(
@@ -265,7 +274,7 @@ class EventStream:
         if self._entered:
             raise ConfigurationError("this EventStream was already entered; make a new one")
         config = self._config
-        self._guard = _take_guard(config)
+        self._guard = take_guard(config)
         self._entered = True
         try:
             self._assemble(config)
@@ -301,6 +310,7 @@ class EventStream:
             rng=self._rng,
             gateway_host=config.gateway.netloc,
             chain_code=config.chain_code,
+            listeners=self._commit_listeners,
         )
         buffer = Buffer(config.queue_size, config.max_buffer_bytes, clock.monotonic)
         resume = Resume(window=config.dedup_window, filtered=config.filtered)
@@ -480,17 +490,3 @@ class EventStream:
             f"EventStream(stream_id={self.stream_id!r}, chain_code={config.chain_code!r}, "
             f"gateway={config.gateway.netloc!r}, state={self._life.state.value!r})"
         )
-
-
-def _take_guard(config: StreamConfig) -> StreamGuard:
-    """The one-consumer guard on this host, before any network I/O (§7)."""
-    guard = StreamGuard(
-        config.stream_id,
-        key_id=config.key_digest,
-        scope=config.guard_scope,
-        lock_dir=config.lock_dir,
-        description=f"stream {config.stream_id} (chain {config.chain_code})",
-        upgrade_window=config.timings.upgrade_budget[1],
-    )
-    guard.acquire()
-    return guard

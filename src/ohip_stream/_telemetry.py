@@ -23,6 +23,7 @@ Two ways out, over the one table of readings (:meth:`Telemetry.readings`):
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -81,6 +82,11 @@ class Telemetry:
         name = application or self._application or stream.stream_id
         with self._lock:
             self._watched[stream.stream_id] = Watched(stream, name, stream.snapshot().chain_code)
+        # messaging.process.duration: one observation per commit batch, from the stream (an
+        # EventStream calls its commit listeners; another observable may not have any).
+        add_listener = getattr(stream, "add_commit_listener", None)
+        if add_listener is not None:
+            add_listener(functools.partial(self.record_process, stream.stream_id))
 
     def forget(self, stream: Observable) -> None:
         """Stop reporting ``stream`` (unknown: nothing happens)."""

@@ -117,8 +117,12 @@ def _nats_problem(url: str) -> str | None:
         finally:
             await nc.close()
 
+    # In a thread of its own: the caller may be a test already running an event loop.
+    import concurrent.futures
+
     try:
-        asyncio.run(probe())
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, probe()).result()
     except Exception as exc:
         return f"NATS JetStream at {url} is not reachable ({type(exc).__name__}: {exc})"
     return None

@@ -107,6 +107,8 @@ class NatsSink:
             (each field a ``*``).
         connection: A caller's connected ``nats.aio.client.Client`` (the caller closes it).
         ack_timeout: Seconds to wait for the broker's acks of a batch.
+        reconnect_attempts: Connection attempts per server (1 s apart) before a publish fails
+            as unavailable, at the start and after the connection is lost.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class NatsSink:
         create_stream: bool = False,
         connection: Client | None = None,
         ack_timeout: float = 10.0,
+        reconnect_attempts: int = 30,
     ) -> None:
         try:
             import nats  # noqa: F401
@@ -140,6 +143,15 @@ class NatsSink:
             raise ConfigurationError("create_stream=True needs the stream's name: pass stream=")
         if not (isinstance(ack_timeout, (int, float)) and ack_timeout > 0):
             raise ConfigurationError(f"ack_timeout must be above 0 seconds, got {ack_timeout!r}")
+        if isinstance(reconnect_attempts, bool) or not isinstance(reconnect_attempts, int):
+            raise ConfigurationError(
+                f"reconnect_attempts must be a whole number, got {reconnect_attempts!r}"
+            )
+        if reconnect_attempts < 1:
+            raise ConfigurationError(
+                f"reconnect_attempts must be at least 1, got {reconnect_attempts}"
+            )
+        self._reconnect_attempts = reconnect_attempts
         self.stream = stream
         self.where = _where(self.servers) + (f", stream {stream}" if stream else "")
         self._create_stream = create_stream
@@ -165,7 +177,11 @@ class NatsSink:
             try:
                 if self._nc is None:
                     self._nc = await nats.connect(
-                        servers=self.servers, name="ohip-stream-sink", connect_timeout=5
+                        servers=self.servers,
+                        name="ohip-stream-sink",
+                        connect_timeout=5,
+                        max_reconnect_attempts=self._reconnect_attempts,
+                        reconnect_time_wait=1.0,
                     )
                 js = self._nc.jetstream(timeout=self._ack_timeout)
                 if self._create_stream:

@@ -84,13 +84,12 @@ class _EventSql:
             "event_offset NUMERIC(20, 0) NOT NULL, payload JSONB NOT NULL, "
             "delivered_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        # One statement per batch: the columns travel as arrays (one round trip, one plan).
-        self.insert = sql.SQL(
+        # Plain text (the table name is checked and quoted): psycopg caches the conversion of a
+        # str query, and executemany() pipelines the rows (one round trip per batch).
+        self.insert = (
             f"INSERT INTO {table} (unique_event_id, stream_id, chain_code, hotel_id, "
             "module_name, event_name, primary_key, event_timestamp, occurred_at, event_offset, "
-            "payload) SELECT u, %s, %s, h, m, e, k, ts, o, off::numeric, p::jsonb FROM unnest("
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-            "%s::timestamptz[], %s::text[], %s::text[]) AS x(u, h, m, e, k, ts, o, off, p) "
+            "payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
             "ON CONFLICT (unique_event_id) DO NOTHING RETURNING unique_event_id"
         )
 
@@ -137,7 +136,8 @@ class PostgresSink:
             raise ConfigurationError(f"timeout must be above 0 seconds, got {timeout!r}")
         self.table = table
         self._events_sql = _EventSql(_quoted_table(table))
-        self._checkpoint_sql = _Statements(_quoted_table(checkpoint_table))
+        self._checkpoint_upsert = _Statements(_quoted_table(checkpoint_table)).upsert.as_string()
+        self._checkpoint_create = _Statements(_quoted_table(checkpoint_table)).create
         self._on_batch = on_batch
         self._fence = fence
         self._timeout = float(timeout)
@@ -187,7 +187,7 @@ class PostgresSink:
         # One creator at a time: two sinks starting together must not both create the table.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
         await conn.execute(self._events_sql.create)
-        await conn.execute(self._checkpoint_sql.create)
+        await conn.execute(self._checkpoint_create)
 
     async def deliver(self, batch: Batch) -> None:
         """Insert the batch's new events, run ``on_batch``, write the checkpoint: one
@@ -203,10 +203,11 @@ class PostgresSink:
         if self._fence is not None:
             await self._fence(conn, batch.stream_id)
         events = batch.events
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        for event in events:
-            values = (
+        rows = [
+            (
                 event.metadata.unique_event_id,
+                batch.stream_id,
+                batch.chain_code,
                 event.hotel_id,
                 event.module_name,
                 event.event_name,
@@ -216,18 +217,24 @@ class PostgresSink:
                 event.metadata.offset,
                 event.model_dump_json(by_alias=True),
             )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        cursor = await conn.execute(
-            self._events_sql.insert, (batch.stream_id, batch.chain_code, *columns)
-        )
-        inserted = {row[0] for row in await cursor.fetchall()}
+            for event in events
+        ]
+        inserted: set[str] = set()
+        async with conn.cursor() as cursor:
+            await cursor.executemany(self._events_sql.insert, rows, returning=True)
+            # One result per row: the row's id when it was new, nothing when it was there.
+            while True:
+                found = await cursor.fetchone()
+                if found is not None:
+                    inserted.add(found[0])
+                if not cursor.nextset():
+                    break
         if self._on_batch is not None and inserted:
             new = [e for e in events if e.metadata.unique_event_id in inserted]
             await self._on_batch(conn, new)
         cp = batch.checkpoint
         await conn.execute(
-            self._checkpoint_sql.upsert,
+            self._checkpoint_upsert,
             (
                 batch.stream_id,
                 cp.offset,

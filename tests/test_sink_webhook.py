@@ -279,3 +279,12 @@ def test_bad_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message) as caught:
         WebhookSink(**settings)
     assert "!!!" not in str(caught.value)
+
+
+def test_plain_http_to_another_host_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryCheckpointStore()
+    with caplog.at_level("WARNING", logger="ohip_stream.sinks"):
+        WebhookSink("http://127.0.0.1:8080/h", checkpoints=store)
+        assert not caplog.records
+        WebhookSink("http://partner.example.com/h", checkpoints=store)
+    assert "partner.example.com is plain http" in caplog.text

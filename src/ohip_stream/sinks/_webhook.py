@@ -51,6 +51,7 @@ DeadLetter = Callable[["Event", str], "Awaitable[None] | None"]
 #: Answers worth a retry: timeout, too many requests, and the server's own errors.
 _RETRIED = frozenset({408, 429})
 _SECRET_PREFIX = "whsec_"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class _Retry(Exception):
@@ -95,7 +96,8 @@ class WebhookSink:
     """Events POSTed to an HTTP endpoint, one effect per event through its idempotency key.
 
     Args:
-        url: The endpoint (``https://``; ``http://`` only for a local receiver).
+        url: The endpoint, ``https://`` (a plain ``http://`` one to another host than this one
+            logs a WARNING: the events travel unencrypted).
         checkpoints: The durable store of the stream's checkpoint, written after a batch's
             events all got a 2xx (or were dead-lettered). The caller closes it.
         secret: ``whsec_...``: sign each request (Standard Webhooks); ``None``: unsigned.
@@ -149,6 +151,12 @@ class WebhookSink:
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
                 raise ConfigurationError(f"{name} must be above 0 seconds, got {number!r}")
         self.url = str(parsed)
+        if parsed.scheme == "http" and parsed.host not in _LOOPBACK:
+            _log.warning(
+                "the webhook %s is plain http: events and signatures travel unencrypted "
+                "(use https)",
+                parsed.host,
+            )
         self.where = f"webhook {parsed.scheme}://{parsed.host}{parsed.path}"
         self._key = _key(secret) if secret is not None else None
         self._on_dead_letter = on_dead_letter

@@ -269,3 +269,45 @@ async def test_deliver_refuses_a_bad_batch_size(size: Any) -> None:
 async def test_deliver_refuses_what_is_not_a_sink() -> None:
     with pytest.raises(ConfigurationError, match=r"deliver\(\) needs a sink"):
         await deliver(None, object())  # type: ignore[arg-type]
+
+
+async def test_a_first_event_stores_the_position_before_it_once() -> None:
+    store = MemoryCheckpointStore()
+    gate = SinkCheckpoints(store)
+    await gate.load("s1")
+    await gate.arrived("s1", "41")
+    await gate.arrived("s1", "42")
+    saved = await store.load("s1")
+    assert saved is not None
+    assert (saved.offset, saved.unique_event_id) == ("40", None)
+
+    stored = MemoryCheckpointStore()
+    await stored.save("s1", Checkpoint("7", "uid-7"))
+    gate = SinkCheckpoints(stored)
+    await gate.load("s1")
+    await gate.arrived("s1", "8")
+    saved = await stored.load("s1")
+    assert saved is not None
+    assert saved.offset == "7"  # a stored offset is where the stream resumes: left alone
+
+
+async def test_a_crash_before_the_first_batch_loses_nothing() -> None:
+    # Without a stored offset the stream subscribes without one, and the gateway resumes after
+    # what it SENT to the connection that died: the position before the first event must be
+    # stored as soon as that event arrives.
+    store = MemoryCheckpointStore()
+    async with Emulator(complete_gap=0.2) as emu:
+        await emu.publish(20)
+        failing = MemorySink(store)
+        failing.fail_at = 1
+        with pytest.raises(DeliveryError):
+            async with make_stream(emu, failing.checkpoints) as stream:
+                await asyncio.wait_for(deliver(stream, failing, batch_size=5), 20)
+        assert emu.connections[0].events_sent == 20
+
+        sink = MemorySink(store)
+        async with make_stream(emu, sink.checkpoints) as stream:
+            sink.stop_after = (stream, 20)
+            await asyncio.wait_for(deliver(stream, sink, batch_size=5), 20)
+
+    assert sink.offsets == list(range(1, 21))

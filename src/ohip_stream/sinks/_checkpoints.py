@@ -10,6 +10,12 @@ subscribe holds across restarts, protocol §4).
 
 One lock orders the stream's writes and the sink's: a write of the stream never lands after a
 newer offset the sink wrote, so the stored offset only moves forward.
+
+A stream with no stored offset subscribes without one, and the gateway then resumes where the
+previous connection stopped (protocol §6): after the events it SENT, whether or not they were
+delivered. So when the first event of such a stream arrives, a position just before it is
+written at once (its offset minus one: the replay of that position is dropped as processed),
+and a crash before the first batch is confirmed resumes there instead of losing the events.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class SinkCheckpoints:
         self.sink_writes_offset = sink_writes_offset
         self._lock = asyncio.Lock()
         self._confirmed: dict[str, Checkpoint] = {}
+        self._placed: set[str] = set()
 
     def confirmed(self, stream_id: str) -> Checkpoint | None:
         """The checkpoint the sink last confirmed for the stream (or the one loaded)."""
@@ -73,6 +80,27 @@ class SinkCheckpoints:
             )
             await self.store.save(stream_id, held)
             self._confirmed[stream_id] = held
+
+    async def arrived(self, stream_id: str, offset: str) -> None:
+        """An event at ``offset`` was handed out: with no offset stored yet, store the position
+        just before it (see the module's docstring)."""
+        if stream_id in self._placed:
+            return
+        self._placed.add(stream_id)
+        async with self._lock:
+            known = self._confirmed.get(stream_id)
+            if known is not None and known.offset is not None:
+                return
+            if not (offset.isascii() and offset.isdigit()) or int(offset) == 0:
+                return  # nothing before it to point at: the first start replays from the oldest
+            before = str(int(offset) - 1)
+            checkpoint = (
+                dataclasses.replace(known, offset=before, unique_event_id=None)
+                if known is not None
+                else Checkpoint(offset=before)
+            )
+            await self.store.save(stream_id, checkpoint)
+            self._confirmed[stream_id] = checkpoint
 
     def after(self, stream_id: str, checkpoint: Checkpoint) -> Checkpoint:
         """``checkpoint`` (a batch's last offset) with what the stream last wrote kept beside

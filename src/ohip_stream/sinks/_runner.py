@@ -23,6 +23,7 @@ from ohip_stream.sinks._protocol import Batch, Sink
 if TYPE_CHECKING:
     from ohip_stream._models import Event
     from ohip_stream._stream import EventStream
+    from ohip_stream.sinks._checkpoints import SinkCheckpoints
 
 __all__ = ["DeliveryStats", "deliver"]
 
@@ -45,9 +46,15 @@ class _End:
         self.error = error
 
 
-async def _pump(stream: EventStream, queue: asyncio.Queue[Event | _End]) -> None:
+async def _pump(
+    stream: EventStream,
+    queue: asyncio.Queue[Event | _End],
+    checkpoints: SinkCheckpoints,
+    stream_id: str,
+) -> None:
     try:
         async for event in stream:
+            await checkpoints.arrived(stream_id, event.metadata.offset)
             await queue.put(event)
     except asyncio.CancelledError:
         raise
@@ -101,7 +108,7 @@ async def deliver(stream: EventStream, sink: Sink, *, batch_size: int = 100) -> 
     stream_id, chain_code = snapshot.stream_id, snapshot.chain_code
     checkpoints = sink.checkpoints
     queue: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=batch_size)
-    pump = asyncio.ensure_future(_pump(stream, queue))
+    pump = asyncio.ensure_future(_pump(stream, queue, checkpoints, stream_id))
     end: _End | None = None
     try:
         while True:

@@ -202,3 +202,21 @@ async def test_a_stream_into_the_table_resumes_without_duplicates(
     got = await rows(dsn, f"SELECT unique_event_id FROM {t} ORDER BY event_offset")
     assert [r[0] for r in got] == ids
     assert await rows(dsn, f"SELECT last_offset FROM {t}_cp") == [("40",)]
+
+
+async def test_a_connection_the_server_dropped_is_replaced_and_the_batch_retried(
+    tables: tuple[str, str],
+) -> None:
+    dsn, t = tables
+    async with PostgresSink(dsn, table=t, checkpoint_table=f"{t}_cp") as sink:
+        await sink.deliver(batch(1, 2))
+        killed = await rows(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'ohip-stream-sink' AND pid <> pg_backend_pid()",
+        )
+        assert killed
+        await sink.deliver(batch(3, 4))
+
+    assert await rows(dsn, f"SELECT count(*) FROM {t}") == [(4,)]
+    assert await rows(dsn, f"SELECT last_offset FROM {t}_cp") == [("4",)]

@@ -43,7 +43,7 @@ from ohip_stream.sinks._checkpoints import SinkCheckpoints
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
+    from psycopg import AsyncConnection, AsyncCursor
     from psycopg_pool import AsyncConnectionPool
 
     from ohip_stream._models import Event
@@ -90,8 +90,9 @@ class _EventSql:
             f"INSERT INTO {table} (unique_event_id, stream_id, chain_code, hotel_id, "
             "module_name, event_name, primary_key, event_timestamp, occurred_at, event_offset, "
             "payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
-            "ON CONFLICT (unique_event_id) DO NOTHING RETURNING unique_event_id"
+            "ON CONFLICT (unique_event_id) DO NOTHING"
         )
+        self.insert_returning = self.insert + " RETURNING unique_event_id"
 
 
 class PostgresSink:
@@ -149,10 +150,11 @@ class PostgresSink:
                 min_size=1,
                 max_size=4,
                 open=False,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, "application_name": "ohip-stream-sink"},
                 name="ohip-stream-sink",
                 timeout=self._timeout,
-                check=AsyncConnectionPool.check_connection,
+                # No check before each use (one round trip per batch): a connection the
+                # server dropped fails its batch as transient, and the batch is retried.
             )
         elif isinstance(dsn_or_pool, AsyncConnectionPool):
             self.where = f"PostgreSQL pool {dsn_or_pool.name}, table {table}"
@@ -219,19 +221,14 @@ class PostgresSink:
             )
             for event in events
         ]
-        inserted: set[str] = set()
         async with conn.cursor() as cursor:
-            await cursor.executemany(self._events_sql.insert, rows, returning=True)
-            # One result per row: the row's id when it was new, nothing when it was there.
-            while True:
-                found = await cursor.fetchone()
-                if found is not None:
-                    inserted.add(found[0])
-                if not cursor.nextset():
-                    break
-        if self._on_batch is not None and inserted:
-            new = [e for e in events if e.metadata.unique_event_id in inserted]
-            await self._on_batch(conn, new)
+            if self._on_batch is None:
+                await cursor.executemany(self._events_sql.insert, rows)
+            else:
+                inserted = await self._inserted(cursor, rows)
+                new = [e for e in events if e.metadata.unique_event_id in inserted]
+                if new:
+                    await self._on_batch(conn, new)
         cp = batch.checkpoint
         await conn.execute(
             self._checkpoint_upsert,
@@ -245,6 +242,18 @@ class PostgresSink:
                 cp.chain_code,
             ),
         )
+
+    async def _inserted(self, cursor: AsyncCursor[Any], rows: list[tuple[Any, ...]]) -> set[str]:
+        """Insert the rows; the ids of those that were new (one result per row: the row's id,
+        or nothing when it was in the table already)."""
+        await cursor.executemany(self._events_sql.insert_returning, rows, returning=True)
+        inserted: set[str] = set()
+        while True:
+            found = await cursor.fetchone()
+            if found is not None:
+                inserted.add(found[0])
+            if not cursor.nextset():
+                return inserted
 
     async def _transaction(
         self, action: str, op: Callable[[AsyncConnection[Any]], Awaitable[None]]

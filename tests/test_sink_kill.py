@@ -109,8 +109,11 @@ def kill_run(
             time.sleep(rng.uniform(0.4, 2.0))
             bridge.send_signal(signal.SIGKILL)
             bridge.wait(10)
-    ids = published_ids(emu)
     bridge = start_bridge(args, env, log)
+    # Events only this last bridge can deliver: it is running (its SIGTERM handler installed)
+    # when they are in the sink.
+    emu.publish_sync(5)
+    ids = published_ids(emu)
     try:
         deadline = time.monotonic() + 60
         while delivered() < len(ids) and time.monotonic() < deadline:

@@ -1,14 +1,15 @@
-"""Forward each event to an HTTP webhook, with retries (httpx and tenacity).
+"""Forward each event to an HTTP webhook with the webhook sink: signed, retried, one effect.
 
     python examples/webhook_forwarder.py                                # emulator + local receiver
     python examples/webhook_forwarder.py --real --url https://example.com/hooks/opera
 
-Each event is POSTed as JSON (its wire form) with an ``Idempotency-Key`` header holding its
-``uniqueEventId``, so the receiver can drop the copies a resume or a crash may send. Network
-errors and answers 408, 429, 500, 502, 503 and 504 are retried with jittered exponential
+Each event is POSTed as JSON (its wire form) with an ``Idempotency-Key`` and a ``webhook-id``
+holding its ``uniqueEventId``, so the receiver can drop the copies a resume or a crash may send;
+with WEBHOOK_SECRET (``whsec_...``) each request is signed as Standard Webhooks specifies.
+Network errors, timeouts, 408, 429 and 5xx answers are retried with jittered exponential
 backoff. After ``--attempts`` failures, or on any other 4xx, the program stops WITHOUT
-recording the event as processed: it is sent again on the next start. Nothing is lost while
-the receiver is down.
+committing the event: it is sent again on the next start. Nothing is lost while the receiver is
+down; the checkpoint (SQLite, OHIP_CHECKPOINT_DB) moves only after the 2xx answers.
 
 Without OHIP_GATEWAY_URL (or with --emulator) it starts a local emulator and a local receiver
 that answers 503 to the first delivery of every third event, to show the retries.
@@ -25,62 +26,23 @@ import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
+from ohip_stream import (
+    CheckpointStore,
+    Event,
+    EventStream,
+    MemoryCheckpointStore,
+    OhipError,
+    SQLiteCheckpointStore,
 )
-
-from ohip_stream import Event, EventStream, MemoryCheckpointStore, OhipError
-
-RETRIED_STATUSES = {408, 429, 500, 502, 503, 504}
-
-
-class DeliveryRefused(Exception):
-    """The receiver refused the event (a 4xx other than 408 and 429), or retries ran out."""
-
-
-def is_transient(error: BaseException) -> bool:
-    if isinstance(error, httpx.TransportError):  # refused, reset, timeout, DNS
-        return True
-    return (
-        isinstance(error, httpx.HTTPStatusError) and error.response.status_code in RETRIED_STATUSES
-    )
-
-
-async def forward(
-    client: httpx.AsyncClient, url: str, event: Event, retrying: AsyncRetrying
-) -> int:
-    """POST the event until the receiver accepts it; returns the number of attempts."""
-    async for attempt in retrying:
-        with attempt:
-            response = await client.post(
-                url,
-                content=event.model_dump_json(by_alias=True),
-                headers={
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": event.unique_event_id,
-                },
-            )
-            if response.status_code >= 400 and response.status_code not in RETRIED_STATUSES:
-                raise DeliveryRefused(f"HTTP {response.status_code} for offset {event.offset}")
-            response.raise_for_status()
-    return attempt.retry_state.attempt_number
+from ohip_stream.sinks import DeliveryError, WebhookSink, deliver
 
 
 async def run(args: argparse.Namespace) -> int:
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(is_transient),
-        wait=wait_random_exponential(multiplier=args.first_wait, max=60),
-        stop=stop_after_attempt(args.attempts),
-    )
     async with contextlib.AsyncExitStack() as stack:
-        overrides = {}
         receiver = None
+        store: CheckpointStore
         if args.emulator:
             from ohip_stream.testing import Emulator
 
@@ -90,31 +52,45 @@ async def run(args: argparse.Namespace) -> int:
             receiver = LocalReceiver()
             stack.callback(receiver.stop)
             args.url = receiver.url
-            overrides["checkpoints"] = MemoryCheckpointStore()
+            store = MemoryCheckpointStore()
             print(
                 f"no OHIP_GATEWAY_URL: emulator at {emulator.gateway_url}, receiver at {args.url}",
                 file=sys.stderr,
             )
+        else:
+            sqlite = SQLiteCheckpointStore(os.environ.get("OHIP_CHECKPOINT_DB", "offsets.db"))
+            stack.callback(sqlite.close)
+            store = sqlite
         if not args.url:
             print("error: give the webhook URL with --url or WEBHOOK_URL", file=sys.stderr)
             return 2
 
-        client = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
-        stream = await stack.enter_async_context(EventStream.from_env(**overrides))
-        stream.install_signal_handlers()
-        async for event in stream:
-            try:
-                attempts = await forward(client, args.url, event, retrying)
-            except RetryError as error:
-                # Leaving the block with an exception does not record this event as processed.
-                message = f"offset {event.offset}: gave up after {args.attempts} attempts"
-                raise DeliveryRefused(message) from error
+        forwarded = 0
+        holder: dict[str, EventStream] = {}
+
+        def delivered(event: Event, attempts: int) -> None:
+            nonlocal forwarded
+            forwarded += 1
             print(
                 f"forwarded offset {event.offset} {event.event_name} (attempts: {attempts})",
                 flush=True,
             )
-            if args.max_events and stream.stats.events >= args.max_events:
-                break
+            if args.max_events and forwarded >= args.max_events:
+                holder["stream"].request_stop()
+
+        sink = WebhookSink(
+            args.url,
+            checkpoints=store,
+            secret=os.environ.get("WEBHOOK_SECRET") or None,
+            on_delivered=delivered,
+            max_attempts=args.attempts,
+            first_wait=args.first_wait,
+        )
+        await stack.enter_async_context(sink)
+        stream = await stack.enter_async_context(EventStream.from_env(checkpoints=sink.checkpoints))
+        holder["stream"] = stream
+        stream.install_signal_handlers()
+        await deliver(stream, sink)
 
     if receiver is not None:
         print(f"receiver got {len(receiver.received)} distinct events", flush=True)
@@ -125,7 +101,7 @@ class LocalReceiver:
     """A webhook receiver for the emulator mode: 503 to the first try of every third event."""
 
     def __init__(self) -> None:
-        self.received: dict[str, dict[str, object]] = {}
+        self.received: dict[str, dict[str, Any]] = {}
         self._tries: dict[str, int] = {}
         receiver = self
 
@@ -171,7 +147,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return asyncio.run(run(args))
-    except DeliveryRefused as error:
+    except DeliveryError as error:
         print(
             f"stopping, not delivered (it is sent again on the next start): {error}",
             file=sys.stderr,

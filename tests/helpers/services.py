@@ -83,3 +83,55 @@ def postgres_dsn_or_skip() -> str:
     if problem is not None:
         _unavailable(f"{problem}: {_HOW_TO_RUN}")
     return dsn
+
+
+#: The development and CI NATS server (JetStream enabled).
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+_NATS_HOW_TO_RUN = (
+    "start nats-server with JetStream (`nats-server -js`) on 127.0.0.1:4222, or point "
+    "OHIP_TEST_NATS_URL at one (nats://host:port), to run these tests"
+)
+
+
+def nats_url() -> str:
+    """The test broker's URL: ``OHIP_TEST_NATS_URL``, else the local default."""
+    return os.environ.get("OHIP_TEST_NATS_URL") or DEFAULT_NATS_URL
+
+
+@functools.cache
+def _nats_problem(url: str) -> str | None:
+    """Why the tests cannot use NATS JetStream at ``url``; ``None`` when they can."""
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return 'nats-py is not installed (pip install -e ".[sinks]")'
+    import asyncio
+
+    async def probe() -> None:
+        import nats
+
+        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    # In a thread of its own: the caller may be a test already running an event loop.
+    import concurrent.futures
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, probe()).result()
+    except Exception as exc:
+        return f"NATS JetStream at {url} is not reachable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def nats_url_or_skip() -> str:
+    """The test broker's URL once JetStream answers; else skip (or fail, when required)."""
+    url = nats_url()
+    problem = _nats_problem(url)
+    if problem is not None:
+        _unavailable(f"{problem}: {_NATS_HOW_TO_RUN}")
+    return url

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ohip_stream import SQLiteCheckpointStore, cli
@@ -104,9 +106,13 @@ def test_a_bridge_into_a_webhook_delivers_and_stops_on_sigterm(
     db = tmp_path / "offsets.db"
     env = dict(os.environ)
     env["OHIP_SINK_WEBHOOK_URL"] = f"http://127.0.0.1:{server.server_port}/hooks"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    command = ["bridge", "webhook", "--checkpoint-db", str(db), "--metrics-port", str(metrics_port)]
     try:
         bridge = subprocess.Popen(
-            [sys.executable, "-m", "ohip_stream", "bridge", "webhook", "--checkpoint-db", str(db)],
+            [sys.executable, "-m", "ohip_stream", *command],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -115,6 +121,10 @@ def test_a_bridge_into_a_webhook_delivers_and_stops_on_sigterm(
         deadline = time.monotonic() + 30
         while len(received) < 20 and time.monotonic() < deadline and bridge.poll() is None:
             time.sleep(0.05)
+        # The bridge serves the operations endpoint too.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "messaging_client_consumed_messages_total" in metrics
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/livez", timeout=5).status_code == 200
         bridge.send_signal(signal.SIGTERM)
         _, err = bridge.communicate(timeout=30)
     finally:

@@ -87,7 +87,7 @@ def _require_psycopg() -> None:
         raise ConfigurationError(_INSTALL_HINT) from exc
 
 
-def _quoted_table(table: object) -> str:
+def quoted_table(table: object) -> str:
     parts = table.split(".") if isinstance(table, str) else []
     if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.match(part) for part in parts):
         raise ConfigurationError(
@@ -97,7 +97,7 @@ def _quoted_table(table: object) -> str:
     return ".".join(f'"{part}"' for part in parts)
 
 
-def _where(conninfo: str, table: str) -> str:
+def where_of(conninfo: str, table: str) -> str:
     """The server, database and table, for messages: never the password."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
@@ -143,17 +143,17 @@ class PostgresCheckpointStore:
             raise ConfigurationError(f"timeout must be above 0 seconds, got {timeout!r}")
         self.table = table
         self.timeout = float(timeout)
-        self._quoted = _quoted_table(table)
+        self._quoted = quoted_table(table)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._dsn: str | None = None
         if isinstance(dsn_or_pool, str):
             self._dsn = dsn_or_pool
-            self.where = _where(dsn_or_pool, table)
+            self.where = where_of(dsn_or_pool, table)
         elif isinstance(dsn_or_pool, AsyncConnectionPool):
             self._pool = dsn_or_pool
             conninfo = dsn_or_pool.conninfo
             self.where = (
-                _where(conninfo, table)
+                where_of(conninfo, table)
                 if isinstance(conninfo, str)
                 else f"PostgreSQL pool {dsn_or_pool.name}, table {table}"
             )
@@ -162,7 +162,7 @@ class PostgresCheckpointStore:
                 "PostgresCheckpointStore needs a PostgreSQL DSN (postgresql://user@host/db) or "
                 f"a psycopg_pool.AsyncConnectionPool, got {type(dsn_or_pool).__name__}"
             )
-        self._statements = _Statements(self._quoted)
+        self._statements = Statements(self._quoted)
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._closed = False
@@ -323,7 +323,7 @@ class PostgresCheckpointStore:
         return f"PostgresCheckpointStore({self.where!r})"
 
 
-class _Statements:
+class Statements:
     """The store's SQL, for one table name (quoted, and checked against _IDENTIFIER)."""
 
     def __init__(self, table: str) -> None:

@@ -29,6 +29,7 @@ from ohip_stream._cli._options import (
     EnvFile,
     GatewayUrl,
     LockDir,
+    MetricsPort,
     Proxy,
     Username,
     Verbose,
@@ -63,6 +64,8 @@ class BridgeOptions:
     dead_letter_file: Path | None = None
     batch_size: int = 100
     status: bool = True
+    #: ``--metrics-port``: where to serve metrics and health checks (None: not served).
+    metrics: tuple[str, int] | None = None
 
 
 def _dead_letter_writer(path: Path) -> Any:
@@ -112,6 +115,7 @@ def _make_sink(options: BridgeOptions, settings: Any, stack: contextlib.ExitStac
 
 async def _bridge(options: BridgeOptions) -> int:
     from ohip_stream._cli._consume import _Signals
+    from ohip_stream._cli._metrics import serve_metrics
     from ohip_stream.sinks import deliver
 
     if options.batch_size < 1:
@@ -126,7 +130,10 @@ async def _bridge(options: BridgeOptions) -> int:
                 sys.stderr.write(f"{PROG}: bridge {stream.stream_id} -> {sink!r}\n")
                 sys.stderr.flush()
             signals = _Signals(stream.request_stop)
-            async with stream:
+            async with stream, serve_metrics([stream], options.metrics) as port:
+                if port is not None and options.status:
+                    host = options.metrics[0] if options.metrics else ""
+                    sys.stderr.write(f"{PROG}: metrics on http://{host}:{port}/metrics\n")
                 with signals:
                     stats = await deliver(stream, sink, batch_size=options.batch_size)
         if options.status:
@@ -202,6 +209,7 @@ def bridge(
         int, _opt("--batch-size", "OHIP_SINK_BATCH_SIZE", "most events per delivery")
     ] = 100,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status lines.")] = False,
+    metrics_port: MetricsPort = None,
     verbose: Verbose = 0,
 ) -> None:
     """Run the stream into a sink with one effect per event: PostgreSQL (events and checkpoint
@@ -213,6 +221,7 @@ def bridge(
     """
     note_verbose(verbose)
     from ohip_stream._cli._consume import ConnectionFlags
+    from ohip_stream._cli._metrics import check_listen
 
     start_logging()
     code = run_bridge(
@@ -241,6 +250,7 @@ def bridge(
             dead_letter_file=dead_letter_file,
             batch_size=batch_size,
             status=not quiet,
+            metrics=check_listen(metrics_port),
         )
     )
     raise typer.Exit(code)

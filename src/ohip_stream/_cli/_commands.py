@@ -19,6 +19,7 @@ from ohip_stream._cli._options import (
     GatewayUrl,
     Hotels,
     LockDir,
+    MetricsPort,
     Modules,
     Proxy,
     Username,
@@ -94,15 +95,7 @@ def tail(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
     ] = False,
-    metrics_port: Annotated[
-        str | None,
-        typer.Option(
-            "--metrics-port",
-            metavar="[HOST:]PORT",
-            help="Serve /metrics (Prometheus), /livez and /readyz on this port (host "
-            "127.0.0.1 unless given, e.g. 0.0.0.0:9464).",
-        ),
-    ] = None,
+    metrics_port: MetricsPort = None,
     log_format: Annotated[
         str,
         typer.Option(

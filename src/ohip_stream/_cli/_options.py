@@ -85,6 +85,15 @@ CaFile = Annotated[
     Path | None, typer.Option("--ca-file", help="Overrides OHIP_CA_FILE.", dir_okay=False)
 ]
 Proxy = Annotated[str | None, typer.Option("--proxy", help="Overrides OHIP_PROXY.")]
+MetricsPort = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-port",
+        metavar="[HOST:]PORT",
+        help="Serve /metrics (Prometheus), /livez and /readyz on this port (host "
+        "127.0.0.1 unless given, e.g. 0.0.0.0:9464).",
+    ),
+]
 LockDir = Annotated[
     Path | None, typer.Option("--lock-dir", help="Overrides OHIP_LOCK_DIR.", file_okay=False)
 ]

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from ohip_stream._checkpoints_pg import (
     PostgresCheckpointStore,
-    _quoted_table,
-    _Statements,
-    _where,
+    Statements,
+    quoted_table,
+    where_of,
 )
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import redact
@@ -136,14 +136,14 @@ class PostgresSink:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ConfigurationError(f"timeout must be above 0 seconds, got {timeout!r}")
         self.table = table
-        self._events_sql = _EventSql(_quoted_table(table))
-        self._checkpoint_upsert = _Statements(_quoted_table(checkpoint_table)).upsert.as_string()
-        self._checkpoint_create = _Statements(_quoted_table(checkpoint_table)).create
+        self._events_sql = _EventSql(quoted_table(table))
+        self._checkpoint_upsert = Statements(quoted_table(checkpoint_table)).upsert.as_string()
+        self._checkpoint_create = Statements(quoted_table(checkpoint_table)).create
         self._on_batch = on_batch
         self._fence = fence
         self._timeout = float(timeout)
         if isinstance(dsn_or_pool, str):
-            self.where = _where(dsn_or_pool, table)
+            self.where = where_of(dsn_or_pool, table)
             self._owned = True
             self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 dsn_or_pool,

@@ -257,7 +257,7 @@ class Fleet:
                 "fleet worker %s: a round with the database failed (%s): streams whose lease "
                 "cannot be renewed in time stop themselves",
                 self.worker_id,
-                exc or "timed out",
+                str(exc) or "no answer within the renew interval",
             )
 
     async def _round(self, plan_moves: bool) -> None:

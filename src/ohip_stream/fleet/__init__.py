@@ -25,6 +25,7 @@ from ohip_stream.fleet._postgres import PostgresLeaseStore
 from ohip_stream.fleet._runner import Handler
 from ohip_stream.fleet._sqlite import SQLiteLeaseStore
 from ohip_stream.fleet._stats import FleetStats
+from ohip_stream.fleet._status import StreamStatus, fleet_status
 from ohip_stream.fleet._store import SCHEMA_VERSION, LeaseStore, open_lease_store
 
 __all__ = [
@@ -42,8 +43,10 @@ __all__ = [
     "SQLiteLeaseStore",
     "StaleEpochError",
     "StreamSpec",
+    "StreamStatus",
     "SyncResult",
     "Worker",
+    "fleet_status",
     "load_streams_file",
     "open_lease_store",
     "parse_streams",

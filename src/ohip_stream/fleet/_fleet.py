@@ -156,7 +156,10 @@ class Fleet:
         #: The fleet's counters in this worker.
         self.stats = FleetStats()
         self._failed_until: dict[str, float] = {}
+        # Streams that ended here, by name: the epoch whose lease is to be released.
+        self._releases: dict[str, int] = {}
         self._stop = asyncio.Event()
+        self._stopping_since: float | None = None
         self._entered = False
         self._closed = False
         self._signals: list[int] = []
@@ -262,9 +265,10 @@ class Fleet:
 
     async def _round(self, plan_moves: bool) -> None:
         store = self.store
+        self._reap()
         await store.heartbeat(self.worker_id, socket.gethostname(), os.getpid(), self.lease_time)
         await self._renew_all()
-        await self._reap()
+        await self._release_ended()
         if plan_moves and not self._stop.is_set():
             await self._rebalance()
 
@@ -298,7 +302,9 @@ class Fleet:
             else:
                 o.fence_at = began + result - self.safety_margin
 
-    async def _reap(self) -> None:
+    def _reap(self) -> None:
+        """Forget the streams whose task ended (no database needed); their leases, unless lost,
+        wait in ``_releases`` until the database takes the release."""
         for name, o in list(self.owned.items()):
             if o.task is None or not o.task.done():
                 continue
@@ -316,12 +322,16 @@ class Fleet:
                     error,
                     exc_info=error if not isinstance(error, OhipError) else None,
                 )
-            if o.lost or o.checkpoints.stale:
-                continue
-            with contextlib.suppress(LeaseStoreError):
-                if await self.store.release(name, self.worker_id, o.epoch):
-                    self.stats.releases += 1
-                    _log.info("fleet worker %s released %s", self.worker_id, name)
+            if not (o.lost or o.checkpoints.stale):
+                self._releases[name] = o.epoch
+
+    async def _release_ended(self) -> None:
+        for name, epoch in list(self._releases.items()):
+            released = await self.store.release(name, self.worker_id, epoch)
+            del self._releases[name]  # released, or not ours any more: nothing left to do
+            if released:
+                self.stats.releases += 1
+                _log.info("fleet worker %s released %s", self.worker_id, name)
 
     async def _rebalance(self) -> None:
         store = self.store
@@ -438,16 +448,26 @@ class Fleet:
         self._stop.set()
         for o in self.owned.values():
             self._stop_gracefully(o)
-        while self.owned:
+        while self.owned or self._releases:
             tasks = {o.task for o in self.owned.values() if o.task is not None}
             if tasks:
                 await asyncio.wait(tasks, timeout=self.renew_interval)
             await self._round_safely(plan_moves=False)
-            if any(o.task is None for o in self.owned.values()):
+            if any(o.task is None for o in self.owned.values()) or (
+                not self.owned and self._releases and self._stop_deadline_passed()
+            ):
                 break
         with contextlib.suppress(LeaseStoreError):
             await self.store.leave(self.worker_id)
         _log.info("fleet worker %s left", self.worker_id)
+
+    def _stop_deadline_passed(self) -> bool:
+        """While stopping, leases the database cannot take back are left to expire after one
+        lease time (the streams are stopped: nothing is lost but the failover's wait)."""
+        loop = asyncio.get_running_loop()
+        if self._stopping_since is None:
+            self._stopping_since = loop.time()
+        return loop.time() - self._stopping_since > self.lease_time
 
     def __repr__(self) -> str:
         return (

@@ -112,14 +112,21 @@ class PostgresLeaseStore:
                 self._pool = pool
         return self._pool
 
-    async def _run(self, op: Callable[[AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+    async def _run(
+        self, op: Callable[[AsyncConnection[Any]], Awaitable[_T]], *, transaction: bool = True
+    ) -> _T:
+        """``op`` on a pooled connection, in a transaction (a single statement runs without one:
+        autocommit makes it atomic, in fewer round trips)."""
         import psycopg
         from psycopg_pool import PoolClosed, PoolTimeout
 
         pool = await self._open()
         try:
-            async with pool.connection(timeout=self.timeout) as conn, conn.transaction():
-                return await op(conn)
+            async with pool.connection(timeout=self.timeout) as conn:
+                if not transaction:
+                    return await op(conn)
+                async with conn.transaction():
+                    return await op(conn)
         except (PoolTimeout, psycopg.OperationalError, OSError) as exc:
             raise LeaseStoreUnavailableError(
                 f"the fleet database {self.where} cannot be reached: "
@@ -137,14 +144,14 @@ class PostgresLeaseStore:
             cursor = await conn.execute(sql, params)
             return await cursor.fetchone()
 
-        return await self._run(op)
+        return await self._run(op, transaction=False)
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async def op(conn: AsyncConnection[Any]) -> list[Any]:
             cursor = await conn.execute(sql, params)
             return await cursor.fetchall()
 
-        return await self._run(op)
+        return await self._run(op, transaction=False)
 
     # --- schema ---------------------------------------------------------------------------------
 

@@ -201,10 +201,10 @@ class FrozenRenewals:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def renew(self, *args: Any) -> float | None:
+    async def renew_many(self, *args: Any) -> dict[str, float | None]:
         if self.frozen:
             await asyncio.sleep(3600)
-        return await self._store.renew(*args)
+        return await self._store.renew_many(*args)
 
 
 async def test_a_worker_that_cannot_renew_stops_its_streams_before_the_lease_expires(

@@ -152,6 +152,24 @@ async def test_renew_only_by_the_owner_at_its_epoch_before_the_expiry(store: Lea
     assert await store.renew("s2", "w1", short.epoch, 30) is None
 
 
+async def test_renew_many_renews_what_is_still_ours_in_one_call(store: LeaseStore) -> None:
+    await store.sync_streams([spec("s1"), spec("s2", "CHAIN2"), spec("s3", "CHAIN3")], prune=False)
+    one = await store.claim("s1", "w1", 0.5)
+    two = await store.claim("s2", "w1", 0.5)
+    other = await store.claim("s3", "w2", 30)
+    assert one is not None
+    assert two is not None
+    assert other is not None
+    await store.force_release("s2")
+    left = await store.renew_many("w1", {"s1": one.epoch, "s2": two.epoch, "s3": other.epoch}, 30)
+    assert set(left) == {"s1", "s2", "s3"}
+    assert left["s1"] is not None
+    assert 29 < left["s1"] <= 30
+    assert left["s2"] is None  # fenced by the operator
+    assert left["s3"] is None  # another worker's
+    assert await store.renew_many("w1", {}, 30) == {}
+
+
 async def test_release_by_the_owner_keeps_the_epoch_for_the_next_claim(store: LeaseStore) -> None:
     lease = await store.claim("s1", "w1", 30)
     assert lease is not None

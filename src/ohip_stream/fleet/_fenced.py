@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from ohip_stream._checkpoints import Checkpoint
 from ohip_stream.fleet._errors import StaleEpochError
@@ -50,6 +52,7 @@ class FencedCheckpointStore:
         """Write the checkpoint if the lease still has this store's epoch."""
         if self._stale is not None:
             self.rejected += 1
+            _observe_writer()
             raise StaleEpochError(self.stream, self.epoch, self._stale.current)
         try:
             await self.store.save_checkpoint(
@@ -58,9 +61,24 @@ class FencedCheckpointStore:
         except StaleEpochError as exc:
             self.rejected += 1
             self._stale = exc
+            _observe_writer()
             if self.on_stale is not None:
                 self.on_stale(exc)
             raise
 
     def __repr__(self) -> str:
         return f"FencedCheckpointStore(stream={self.stream!r}, epoch={self.epoch})"
+
+
+def _observe_writer() -> None:
+    """The rejection is handled by ``on_stale`` (the fleet stops the stream): the outcome of
+    the task that tried to write is observed here, so that a timed commit running in a task
+    nobody awaits does not leave its error unretrieved."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

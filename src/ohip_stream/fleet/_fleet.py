@@ -24,7 +24,7 @@ import random
 import signal
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -79,6 +79,9 @@ class Fleet:
         env: Where the secrets' variables are read (default ``os.environ``).
         retry_failed_after: A stream that failed in this worker is not claimed here again for
             this long (another worker may take it).
+        prune: With ``streams``, delete from the database the streams no longer listed.
+        settle: Seconds between joining and the first claim, so that workers started together
+            see each other (default ``renew_interval``).
     """
 
     def __init__(
@@ -101,10 +104,11 @@ class Fleet:
         lock_dir: str | Path | None = None,
         stream_options: Mapping[str, Any] | None = None,
         upgrade_budget: tuple[int, float] = (150, 120.0),
-        budget_pad: float = 5.0,
+        budget_pad: float = 2.0,
         env: Mapping[str, str] | None = None,
         retry_failed_after: float = 30.0,
         prune: bool = False,
+        settle: float | None = None,
     ) -> None:
         install_redaction()
         if not callable(handler):
@@ -136,6 +140,7 @@ class Fleet:
         self.min_stay = float(min_stay)
         self.retry_failed_after = float(retry_failed_after)
         self.prune = prune
+        self.settle = self.renew_interval if settle is None else max(0.0, float(settle))
         options: dict[str, Any] = {
             "commit_every": commit_every,
             "commit_interval": commit_interval,
@@ -240,6 +245,10 @@ class Fleet:
             raise ConfigurationError("use the fleet inside 'async with Fleet(...)'")
         watchdog = asyncio.create_task(self._watch(), name=f"ohip-fleet-watch-{self.worker_id}")
         try:
+            # Workers started together see each other before the first plan (fair shares from
+            # the start, instead of a first worker taking everything and handing it over).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settle)
             while not self._stop.is_set():
                 await self._round_safely(plan_moves=True)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -250,47 +259,43 @@ class Fleet:
             await asyncio.wait({watchdog})
 
     async def _round_safely(self, *, plan_moves: bool) -> None:
+        self._reap()
+        # Each step is bounded by the renew interval: a hung database must not keep the loop
+        # from the next renewal (the watchdog fences meanwhile), and a slow plan must not keep
+        # the renewals waiting.
+        await self._step(self._keep_alive())
+        await self._step(self._release_ended())
+        if plan_moves and not self._stop.is_set():
+            await self._step(self._rebalance())
+
+    async def _step(self, step: Coroutine[Any, Any, None]) -> None:
         try:
-            # A round never outlasts the renew interval: a hung database must not keep the
-            # loop from the next renewal (the watchdog fences meanwhile).
-            await asyncio.wait_for(self._round(plan_moves), self.renew_interval)
+            await asyncio.wait_for(step, self.renew_interval)
         except (LeaseStoreError, asyncio.TimeoutError) as exc:
             self.stats.database_errors += 1
             _log.warning(
-                "fleet worker %s: a round with the database failed (%s): streams whose lease "
-                "cannot be renewed in time stop themselves",
+                "fleet worker %s: the database failed a round (%s): streams whose lease cannot "
+                "be renewed in time stop themselves",
                 self.worker_id,
                 str(exc) or "no answer within the renew interval",
             )
 
-    async def _round(self, plan_moves: bool) -> None:
-        store = self.store
-        self._reap()
-        await store.heartbeat(self.worker_id, socket.gethostname(), os.getpid(), self.lease_time)
-        await self._renew_all()
-        await self._release_ended()
-        if plan_moves and not self._stop.is_set():
-            await self._rebalance()
-
-    async def _renew_all(self) -> None:
+    async def _keep_alive(self) -> None:
+        """The heartbeat, and every lease renewed in one round trip."""
+        await self.store.heartbeat(
+            self.worker_id, socket.gethostname(), os.getpid(), self.lease_time
+        )
         owned = [o for o in self.owned.values() if not o.lost]
         if not owned:
             return
         loop = asyncio.get_running_loop()
         began = loop.time()
-        results = await asyncio.gather(
-            *(
-                self.store.renew(o.spec.name, self.worker_id, o.epoch, self.lease_time)
-                for o in owned
-            ),
-            return_exceptions=True,
+        left = await self.store.renew_many(
+            self.worker_id, {o.spec.name: o.epoch for o in owned}, self.lease_time
         )
-        for o, result in zip(owned, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                continue  # the fence time stays: the watchdog stops the stream if need be
-            if result is None:
+        for o in owned:
+            remaining = left.get(o.spec.name)
+            if remaining is None:
                 _log.warning(
                     "fleet worker %s: the lease of %s (epoch %d) is not ours any more: stopping "
                     "it at once",
@@ -300,7 +305,7 @@ class Fleet:
                 )
                 self._fence(o)
             else:
-                o.fence_at = began + result - self.safety_margin
+                o.fence_at = began + remaining - self.safety_margin
 
     def _reap(self) -> None:
         """Forget the streams whose task ended (no database needed); their leases, unless lost,

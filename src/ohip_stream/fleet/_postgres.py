@@ -14,7 +14,7 @@ land after a new owner took the stream. The checkpoints go to the table of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ohip_stream._checkpoints import Checkpoint
@@ -52,7 +52,7 @@ _TABLES = (
     "host TEXT NOT NULL, pid INTEGER NOT NULL, started_at DOUBLE PRECISION NOT NULL, "
     "expires_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ohip_fleet_upgrades (key_id TEXT NOT NULL, "
-    "at DOUBLE PRECISION NOT NULL)",
+    "at DOUBLE PRECISION NOT NULL, holder TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS ohip_fleet_upgrades_key ON ohip_fleet_upgrades (key_id, at)",
     "CREATE TABLE IF NOT EXISTS ohip_fleet_budgets (key_id TEXT PRIMARY KEY)",
 )
@@ -72,7 +72,7 @@ class PostgresLeaseStore:
     :class:`~ohip_stream.fleet.LeaseStoreUnavailableError`; ``max_size`` bounds the pool.
     """
 
-    def __init__(self, dsn: str, *, timeout: float = 5.0, max_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, timeout: float = 5.0, max_size: int = 10) -> None:
         try:
             import psycopg  # noqa: F401
             import psycopg_pool  # noqa: F401
@@ -278,6 +278,23 @@ class PostgresLeaseStore:
         )
         return None if row is None else float(row[0])
 
+    async def renew_many(
+        self, owner: str, leases: Mapping[str, int], ttl: float
+    ) -> dict[str, float | None]:
+        if not leases:
+            return {}
+        streams = list(leases)
+        rows = await self._fetchall(
+            f"UPDATE ohip_fleet_leases AS l SET expires_at = {_NOW} + %s "
+            "FROM unnest(%s::text[], %s::bigint[]) AS mine(stream, epoch) "
+            "WHERE l.stream = mine.stream AND l.epoch = mine.epoch AND l.owner = %s "
+            f"AND l.expires_at > {_NOW} RETURNING l.stream, l.expires_at - {_NOW}",
+            (ttl, streams, [leases[s] for s in streams], owner),
+        )
+        found: dict[str, float | None] = dict.fromkeys(streams)
+        found.update({row[0]: float(row[1]) for row in rows})
+        return found
+
     async def release(self, stream: str, owner: str, epoch: int) -> bool:
         row = await self._fetchone(
             "UPDATE ohip_fleet_leases SET owner = NULL, expires_at = NULL WHERE stream = %s "
@@ -349,7 +366,7 @@ class PostgresLeaseStore:
 
     # --- the upgrade budget ---------------------------------------------------------------------
 
-    async def take_upgrade(self, key_id: str, count: int, window: float) -> float:
+    async def take_upgrade(self, key_id: str, count: int, window: float, holder: str = "") -> float:
         async def op(conn: AsyncConnection[Any]) -> float:
             # One row per key, locked: the takers of one key queue here, other keys do not.
             await conn.execute(
@@ -373,11 +390,19 @@ class PostgresLeaseStore:
             if len(times) >= count:
                 return max(0.001, float(times[len(times) - count]) + window - now)
             await conn.execute(
-                "INSERT INTO ohip_fleet_upgrades (key_id, at) VALUES (%s, %s)", (key_id, now)
+                "INSERT INTO ohip_fleet_upgrades (key_id, at, holder) VALUES (%s, %s, %s)",
+                (key_id, now, holder),
             )
             return 0.0
 
         return await self._run(op)
+
+    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
+        await self._fetchall(
+            f"UPDATE ohip_fleet_upgrades SET at = {_NOW} WHERE key_id = %s AND holder = %s "
+            "RETURNING key_id",
+            (key_id, holder),
+        )
 
     async def aclose(self) -> None:
         self._closed = True

@@ -5,6 +5,7 @@ and hand its events to the user's handler, one at a time, in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,7 @@ from ohip_stream._logging import get_logger, register_secret
 from ohip_stream._models import Event
 from ohip_stream._net import stream_id_for
 from ohip_stream._stream import EventStream
-from ohip_stream.fleet._errors import LeaseStoreUnavailableError
+from ohip_stream.fleet._errors import LeaseStoreError, LeaseStoreUnavailableError
 from ohip_stream.fleet._fenced import FencedCheckpointStore
 from ohip_stream.fleet._model import StreamSpec
 from ohip_stream.fleet._store import LeaseStore
@@ -26,6 +27,8 @@ from ohip_stream.fleet._store import LeaseStore
 __all__ = ["Handler", "Owned", "StreamFactory", "consume"]
 
 _log = get_logger("ohip_stream.fleet")
+
+_CONFIRM_POLL = 0.02
 
 #: The user's code: ``handler(stream, event)``, sync or async.
 Handler = Callable[[StreamSpec, Event], "Awaitable[None] | None"]
@@ -126,6 +129,7 @@ async def pace_start(
     budget: tuple[int, float],
     *,
     rng: random.Random,
+    holder: str = "",
     max_retry: float = 5.0,
 ) -> float:
     """Wait for a slot in the fleet's upgrade budget of the key (protocol §10: one budget per
@@ -136,7 +140,7 @@ async def pace_start(
     failures = 0
     while True:
         try:
-            wait = await store.take_upgrade(key, count, window)
+            wait = await store.take_upgrade(key, count, window, holder)
         except LeaseStoreUnavailableError as exc:
             failures += 1
             wait = min(max_retry, 0.1 * 2**failures)
@@ -162,15 +166,19 @@ async def consume(
     """The task of one owned stream: pace, build, iterate, hand each event to the handler."""
     spec = owned.spec
     app_key = factory.app_key(spec)
-    stream_id = factory.stream_id(spec)
-    count, window = factory.upgrade_budget
-    await pace_start(store, key_id(app_key), (count, window), rng=rng)
-    if owned.stopping:
-        return
-    fresh = await store.load_checkpoint(stream_id) is None
+    fresh = await store.load_checkpoint(factory.stream_id(spec)) is None
     stream, auth = factory.make(spec, owned.checkpoints, fresh=fresh)
     owned.stream = stream
     try:
+        # The token first: once the budget's slot is taken, the upgrade follows at once (the
+        # database's record and the gateway's count of the upgrade stay close together).
+        await auth.get_token()
+        key, holder = key_id(app_key), f"{spec.name}#{owned.epoch}"
+        await pace_start(store, key, factory.upgrade_budget, rng=rng, holder=holder)
+        if owned.stopping:
+            return
+        confirm = asyncio.create_task(_confirm_upgrade(stream, store, key, holder, factory))
+        owned.extra["confirm"] = confirm
         async with stream:
             if owned.stopping:
                 return
@@ -181,6 +189,26 @@ async def consume(
                         await result
                 owned.handled += 1
     finally:
+        confirm_task = owned.extra.pop("confirm", None)
+        if confirm_task is not None:
+            confirm_task.cancel()
         closer = getattr(auth, "aclose", None)
         if closer is not None:
             await closer()
+
+
+async def _confirm_upgrade(
+    stream: EventStream, store: LeaseStore, key: str, holder: str, factory: StreamFactory
+) -> None:
+    """Once the stream subscribed, move its budget record to now (the upgrade happened just
+    before): the window then counts from the real upgrade, later than the slot's taking, so a
+    slow start never lets the next window's upgrades come early (protocol §10)."""
+    _, window = factory.upgrade_budget
+    # The stream tells no one when it subscribed (no hook yet): its counters are looked at
+    # every 20 ms, for one window at most (past it, the record has left the window anyway).
+    for _ in range(max(1, int(window / _CONFIRM_POLL))):
+        if stream.stats.connected_since is not None:
+            with contextlib.suppress(LeaseStoreError):
+                await store.confirm_upgrade(key, holder)
+            return
+        await asyncio.sleep(_CONFIRM_POLL)

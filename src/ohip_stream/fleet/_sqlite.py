@@ -1,7 +1,8 @@
 """The lease store in a SQLite file: a fleet on one host, with nothing else installed.
 
-stdlib ``sqlite3``, one connection used from a worker thread (``asyncio.to_thread``) under a
-lock, so that the event loop never waits on the disk. Every write is one ``BEGIN IMMEDIATE``
+stdlib ``sqlite3``, one connection used from one thread of the store's own (operations queue
+there in order), so that the event loop never waits on the disk and a busy database never
+takes the threads of the loop's default executor. Every write is one ``BEGIN IMMEDIATE``
 transaction: SQLite then serializes writers across processes, which makes a claim an atomic
 conditional update. "Now" is SQLite's own clock (``julianday('now')``), which on one host is the
 host's clock. The checkpoints live in the table :class:`~ohip_stream.SQLiteCheckpointStore`
@@ -11,9 +12,11 @@ uses (``checkpoints``), so ``ohip-stream checkpoint show`` reads the same file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +47,8 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS ohip_fleet_workers (worker_id TEXT PRIMARY KEY, "
     "host TEXT NOT NULL, pid INTEGER NOT NULL, started_at REAL NOT NULL, "
     "expires_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS ohip_fleet_upgrades (key_id TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ohip_fleet_upgrades (key_id TEXT NOT NULL, at REAL NOT NULL, "
+    "holder TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS ohip_fleet_upgrades_key ON ohip_fleet_upgrades (key_id, at)",
     _CHECKPOINT_SCHEMA,
 )
@@ -66,6 +70,7 @@ class SQLiteLeaseStore:
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ohip-fleet-sqlite")
         self._closed = False
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -108,7 +113,10 @@ class SQLiteLeaseStore:
                 raise LeaseStoreError(f"the fleet database {self.where} failed: {exc}") from exc
 
     async def _run(self, op: Callable[[sqlite3.Connection], _T], *, write: bool = True) -> _T:
-        return await asyncio.to_thread(self._sync, op, write=write)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread, functools.partial(self._sync, op, write=write)
+        )
 
     # --- schema ---------------------------------------------------------------------------------
 
@@ -243,6 +251,23 @@ class SQLiteLeaseStore:
 
         return await self._run(op)
 
+    async def renew_many(
+        self, owner: str, leases: Mapping[str, int], ttl: float
+    ) -> dict[str, float | None]:
+        def op(conn: sqlite3.Connection) -> dict[str, float | None]:
+            found: dict[str, float | None] = {}
+            for stream, epoch in leases.items():
+                row = conn.execute(
+                    f"UPDATE ohip_fleet_leases SET expires_at = {_NOW} + ? WHERE stream = ? AND "
+                    f"owner = ? AND epoch = ? AND expires_at > {_NOW} "
+                    f"RETURNING expires_at - {_NOW}",
+                    (ttl, stream, owner, epoch),
+                ).fetchone()
+                found[stream] = None if row is None else float(row[0])
+            return found
+
+        return await self._run(op)
+
     async def release(self, stream: str, owner: str, epoch: int) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -317,7 +342,7 @@ class SQLiteLeaseStore:
 
     # --- the upgrade budget -----------------------------------------------------------------
 
-    async def take_upgrade(self, key_id: str, count: int, window: float) -> float:
+    async def take_upgrade(self, key_id: str, count: int, window: float, holder: str = "") -> float:
         def op(conn: sqlite3.Connection) -> float:
             now = float(conn.execute(f"SELECT {_NOW}").fetchone()[0])
             conn.execute(
@@ -333,11 +358,20 @@ class SQLiteLeaseStore:
             if len(times) >= count:
                 return max(0.001, float(times[len(times) - count]) + window - now)
             conn.execute(
-                "INSERT INTO ohip_fleet_upgrades (key_id, at) VALUES (?, ?)", (key_id, now)
+                "INSERT INTO ohip_fleet_upgrades (key_id, at, holder) VALUES (?, ?, ?)",
+                (key_id, now, holder),
             )
             return 0.0
 
         return await self._run(op)
+
+    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
+        await self._run(
+            lambda c: c.execute(
+                f"UPDATE ohip_fleet_upgrades SET at = {_NOW} WHERE key_id = ? AND holder = ?",
+                (key_id, holder),
+            )
+        )
 
     async def aclose(self) -> None:
         def close() -> None:
@@ -347,7 +381,9 @@ class SQLiteLeaseStore:
                     self._conn.close()
                     self._conn = None
 
-        await asyncio.to_thread(close)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=False)
 
     def __repr__(self) -> str:
         return f"SQLiteLeaseStore({str(self.path)!r})"

@@ -23,7 +23,7 @@ The rules every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from ohip_stream._checkpoints import Checkpoint
@@ -76,6 +76,11 @@ class LeaseStore(Protocol):
         """Extend the lease to ``ttl`` seconds from now; the seconds left, or ``None`` when the
         lease is not this owner's at this epoch any more, or expired."""
 
+    async def renew_many(
+        self, owner: str, leases: Mapping[str, int], ttl: float
+    ) -> dict[str, float | None]:
+        """:meth:`renew` for many leases (stream -> epoch) in one round trip."""
+
     async def release(self, stream: str, owner: str, epoch: int) -> bool:
         """Give the lease up (only the owner at its epoch); whether it was released."""
 
@@ -96,9 +101,14 @@ class LeaseStore(Protocol):
         """Every checkpoint by stream id."""
 
     # --- the upgrade budget -------------------------------------------------------------------
-    async def take_upgrade(self, key_id: str, count: int, window: float) -> float:
-        """Record one upgrade for the key if fewer than ``count`` happened in the last
-        ``window`` seconds and return 0; else record nothing and return the seconds to wait."""
+    async def take_upgrade(self, key_id: str, count: int, window: float, holder: str = "") -> float:
+        """Record one upgrade for the key (by ``holder``) if fewer than ``count`` happened in
+        the last ``window`` seconds and return 0; else record nothing and return the seconds
+        to wait."""
+
+    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
+        """The holder's upgrade happened (now): its record moves to now, so that the window
+        counts from the real upgrade, never from the moment the slot was taken."""
 
     async def aclose(self) -> None:
         """Close the connections; idempotent."""

@@ -80,7 +80,7 @@ class StreamFactory:
         return stream_id_for(spec.gateway_url, spec.chain_code, self.app_key(spec))
 
     def make(
-        self, spec: StreamSpec, checkpoints: FencedCheckpointStore, *, fresh: bool
+        self, spec: StreamSpec, checkpoints: FencedCheckpointStore, *, fresh: bool, epoch: int
     ) -> tuple[EventStream, Any]:
         """The stream and its token provider (the caller closes both). ``fresh``: the stream
         has no checkpoint yet, so its ``start`` applies."""
@@ -109,6 +109,12 @@ class StreamFactory:
             start["start_at_highest"] = True
         elif fresh and spec.start != "checkpoint":
             start["offset"] = spec.start
+        elif fresh and epoch > 1:
+            # An earlier owner consumed without committing anything: the server's position
+            # (protocol §6, without an offset) is where ITS connection stopped, past events it
+            # received but never processed. Replay what is retained instead, as the first
+            # subscription of the stream did.
+            start["offset"] = "0"
         stream = EventStream(
             gateway_url=spec.gateway_url,
             app_key=app_key,
@@ -167,7 +173,7 @@ async def consume(
     spec = owned.spec
     app_key = factory.app_key(spec)
     fresh = await store.load_checkpoint(factory.stream_id(spec)) is None
-    stream, auth = factory.make(spec, owned.checkpoints, fresh=fresh)
+    stream, auth = factory.make(spec, owned.checkpoints, fresh=fresh, epoch=owned.epoch)
     owned.stream = stream
     try:
         # The token first: once the budget's slot is taken, the upgrade follows at once (the

@@ -234,3 +234,19 @@ async def test_a_worker_that_cannot_renew_stops_its_streams_before_the_lease_exp
     finally:
         await store.aclose()
     assert emu.overlapping_subscriptions() == []
+
+
+async def test_leaving_the_block_while_run_is_under_way_stops_everything_once(
+    emu: Emulator, url: str, tmp_path: Path
+) -> None:
+    handled = Handled()
+    await publish_all(emu, 1, CHAINS[:2])
+    fleet = fleet_for(emu, url, tmp_path, handled, "w1", streams=specs_for(emu, CHAINS[:2]))
+    async with fleet:
+        task = asyncio.create_task(fleet.run())
+        await handled.wait_for(lambda: len(handled.seen) == 2)
+    # Leaving the block waited for run() to stop every stream and release the leases.
+    assert task.done()
+    assert task.exception() is None
+    assert all(lease.owner is None for lease in (await leases_of(url)).values())
+    assert fleet.stats.releases == 2

@@ -165,6 +165,8 @@ class Fleet:
         self._releases: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._stopping_since: float | None = None
+        # Made when run() starts, set once it returned (aclose waits for it).
+        self._run_done: asyncio.Event | None = None
         self._entered = False
         self._closed = False
         self._signals: list[int] = []
@@ -214,7 +216,12 @@ class Fleet:
             return
         self._closed = True
         try:
-            await self._shutdown()
+            if self._run_done is not None:
+                # run() is under way (in another task): it stops everything on its way out.
+                self._stop.set()
+                await self._run_done.wait()
+            else:
+                await self._shutdown()
         finally:
             loop = asyncio.get_running_loop()
             for sig in self._signals:
@@ -244,6 +251,7 @@ class Fleet:
         if not self._entered or self._closed:
             raise ConfigurationError("use the fleet inside 'async with Fleet(...)'")
         watchdog = asyncio.create_task(self._watch(), name=f"ohip-fleet-watch-{self.worker_id}")
+        self._run_done = asyncio.Event()
         try:
             # Workers started together see each other before the first plan (fair shares from
             # the start, instead of a first worker taking everything and handing it over).
@@ -257,6 +265,7 @@ class Fleet:
         finally:
             watchdog.cancel()
             await asyncio.wait({watchdog})
+            self._run_done.set()
 
     async def _round_safely(self, *, plan_moves: bool) -> None:
         self._reap()
@@ -333,7 +342,7 @@ class Fleet:
     async def _release_ended(self) -> None:
         for name, epoch in list(self._releases.items()):
             released = await self.store.release(name, self.worker_id, epoch)
-            del self._releases[name]  # released, or not ours any more: nothing left to do
+            self._releases.pop(name, None)  # released, or not ours any more: nothing to do
             if released:
                 self.stats.releases += 1
                 _log.info("fleet worker %s released %s", self.worker_id, name)

@@ -65,7 +65,8 @@ async def main():
 asyncio.run(main())
 """
 
-TIMINGS = Timings(complete_gap=0.5, drain_timeout=2.0)
+# The core also budgets upgrades per process and key: raised like the emulator's.
+TIMINGS = Timings(complete_gap=0.5, drain_timeout=2.0, upgrade_budget=(1_000_000, 1.0))
 
 
 class EmulatorProcess:

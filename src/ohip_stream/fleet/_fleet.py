@@ -226,6 +226,7 @@ class Fleet:
             loop = asyncio.get_running_loop()
             for sig in self._signals:
                 loop.remove_signal_handler(sig)
+            await self._factory.aclose()
             if self._owns_store:
                 await self.store.aclose()
 

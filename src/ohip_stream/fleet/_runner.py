@@ -55,13 +55,14 @@ class Owned:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class StreamFactory:
     """How the fleet makes the ``EventStream`` of an owned stream."""
 
     env: Mapping[str, str]
     options: Mapping[str, Any]
     upgrade_budget: tuple[int, float]
+    providers: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def secret(self, spec: StreamSpec, variable: str | None, what: str) -> str:
         value = self.env.get(variable or "")
@@ -79,12 +80,14 @@ class StreamFactory:
     def stream_id(self, spec: StreamSpec) -> str:
         return stream_id_for(spec.gateway_url, spec.chain_code, self.app_key(spec))
 
-    def make(
-        self, spec: StreamSpec, checkpoints: FencedCheckpointStore, *, fresh: bool, epoch: int
-    ) -> tuple[EventStream, Any]:
-        """The stream and its token provider (the caller closes both). ``fresh``: the stream
-        has no checkpoint yet, so its ``start`` applies."""
-        app_key = self.app_key(spec)
+    def auth(self, spec: StreamSpec, app_key: str) -> Any:
+        """The token provider of the stream's credentials: one per environment, shared by its
+        streams (one token, one TLS context; the provider is safe to share). Closed by
+        :meth:`aclose`."""
+        key = (spec.gateway_url, spec.client_id, spec.enterprise_id, spec.username, app_key)
+        found = self.providers.get(key)
+        if found is not None:
+            return found
         secret = self.secret(spec, spec.client_secret_env, "OAuth client secret")
         auth: Any
         if spec.enterprise_id is not None:
@@ -104,6 +107,22 @@ class StreamFactory:
                 username=spec.username or "",
                 password=self.secret(spec, spec.password_env, "password"),
             )
+        self.providers[key] = auth
+        return auth
+
+    async def aclose(self) -> None:
+        """Close the token providers."""
+        providers, self.providers = list(self.providers.values()), {}
+        for provider in providers:
+            await provider.aclose()
+
+    def make(
+        self, spec: StreamSpec, checkpoints: FencedCheckpointStore, *, fresh: bool, epoch: int
+    ) -> tuple[EventStream, Any]:
+        """The stream and its (shared) token provider. ``fresh``: the stream has no checkpoint
+        yet, so its ``start`` applies."""
+        app_key = self.app_key(spec)
+        auth = self.auth(spec, app_key)
         start: dict[str, Any] = {}
         if fresh and spec.start == "highest":
             start["start_at_highest"] = True
@@ -198,9 +217,6 @@ async def consume(
         confirm_task = owned.extra.pop("confirm", None)
         if confirm_task is not None:
             confirm_task.cancel()
-        closer = getattr(auth, "aclose", None)
-        if closer is not None:
-            await closer()
 
 
 async def _confirm_upgrade(

@@ -15,8 +15,7 @@ from typing import Any
 import typer
 
 # The command modules register their commands on the application when imported.
-import ohip_stream._cli._bridge  # noqa: F401
-from ohip_stream._cli import _checkpoint, _commands, _emulator  # noqa: F401
+from ohip_stream._cli import _bridge, _checkpoint, _commands, _emulator, _fleet  # noqa: F401
 from ohip_stream._cli._common import (
     PROG,
     CliState,

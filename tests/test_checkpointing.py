@@ -147,3 +147,17 @@ async def test_a_permanent_store_error_is_raised() -> None:
     checkpointer = _checkpointer(store, FakeClock())
     with pytest.raises(CheckpointError, match="deleted"):
         await checkpointer.commit_quietly()
+
+
+async def test_a_permanent_error_of_a_timed_commit_ends_the_stream() -> None:
+    clock = FakeClock()
+    store = FlakyStore(5, CheckpointError("the epoch is stale"))
+    checkpointer = _checkpointer(store, clock)
+    failed: list[CheckpointError] = []
+    checkpointer.on_fatal = failed.append
+    checkpointer.start()
+    checkpointer.commits.hand(Pos("1"))
+    checkpointer.commits.processed()
+    await clock.advance(1.0)  # the commit interval: a timed commit nobody awaits
+    await checkpointer.stop()
+    assert [str(error) for error in failed] == ["the epoch is stale"]

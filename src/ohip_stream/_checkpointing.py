@@ -67,6 +67,9 @@ class Checkpointer:
         #: the seconds since the previous one (metrics: the processing time of a batch).
         self.listeners = listeners if listeners is not None else []
         self._since = clock.monotonic()
+        #: Where a permanent store error of a timed commit goes (nobody awaits that commit):
+        #: the stream ends with it (set by the stream to its iteration's ``fail``).
+        self.on_fatal: Callable[[CheckpointError], None] | None = None
 
     async def load(self, *other_ids: str) -> Checkpoint | None:
         """The stored checkpoint (under the stream's id, else under an earlier id of the same
@@ -181,7 +184,15 @@ class Checkpointer:
         self.commits.interval_passed()
         busy = self._quiet_commit is not None and not self._quiet_commit.done()
         if self.commits.pending and not self._lock.locked() and not busy and not self._closed:
-            self._quiet_commit = asyncio.ensure_future(self.commit_quietly())
+            self._quiet_commit = asyncio.ensure_future(self._timed_commit())
+
+    async def _timed_commit(self) -> None:
+        try:
+            await self.commit_quietly()
+        except CheckpointError as exc:  # permanent (a vanished file, a stale fencing epoch)
+            _log.error("stream %s: a checkpoint commit failed for good: %s", self.stream_id, exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
 
     async def stop(self) -> None:
         """No more timed commits; wait for one under way."""

@@ -335,6 +335,7 @@ class EventStream:
             checkpointer=checkpointer,
             start=self._start,
         )
+        checkpointer.on_fatal = self._iteration.fail
 
     async def __aexit__(
         self,

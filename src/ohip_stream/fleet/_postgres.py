@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ohip_stream._checkpoints import Checkpoint
-from ohip_stream._checkpoints_pg import _INSTALL_HINT, _Statements, _where
+from ohip_stream._checkpoints_pg import _INSTALL_HINT, Statements, where_of
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import redact
 from ohip_stream.fleet._errors import (
@@ -81,11 +81,11 @@ class PostgresLeaseStore:
                 _INSTALL_HINT.replace("PostgresCheckpointStore", "the fleet on PostgreSQL")
             ) from exc
         self._dsn = dsn
-        self.where = _where(dsn, "ohip_fleet_*")
+        self.where = where_of(dsn, "ohip_fleet_*")
         self.timeout = timeout
         self.max_size = max_size
         self._pool: AsyncConnectionPool[Any] | None = None
-        self._statements = _Statements(_CHECKPOINTS)
+        self._statements = Statements(_CHECKPOINTS)
         self._closed = False
         self._opening = asyncio.Lock()
 

@@ -7,11 +7,13 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ohip_stream.fleet import open_lease_store
@@ -137,6 +139,9 @@ def test_fleet_run_prints_json_lines_and_stops_cleanly_on_sigterm(tmp_path: Path
         path = streams_file(tmp_path, emu.gateway_url, ["CA", "CB"], enterprise=emu.enterprise_id)
         path.write_text(path.read_text().replace('"client"', f'"{emu.client_id}"'))
         db = f"sqlite:///{tmp_path / 'fleet.db'}"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            metrics_port = probe.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OHIP_")}
         env.update(
             FLEET_APP_KEY=emu.app_key,
@@ -160,6 +165,8 @@ def test_fleet_run_prints_json_lines_and_stops_cleanly_on_sigterm(tmp_path: Path
                 "6",
                 "--worker-id",
                 "cli-worker",
+                "--metrics-port",
+                str(metrics_port),
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -174,6 +181,17 @@ def test_fleet_run_prints_json_lines_and_stops_cleanly_on_sigterm(tmp_path: Path
                 line = proc.stdout.readline()
                 if line:
                     lines.append(json.loads(line))
+            # The worker reports every stream it owns (the same signals as tail).
+            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            consumed = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("messaging_client_consumed_messages_total{")
+            ]
+            assert {'messaging_destination_name="CA"' in line for line in consumed} == {
+                True,
+                False,
+            }
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
         finally:

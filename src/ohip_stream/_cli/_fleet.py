@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ohip_stream._cli._common import event_json, write_line
-from ohip_stream._cli._options import Verbose, app, note_verbose, start_logging
+from ohip_stream._cli._common import PROG, event_json, write_line
+from ohip_stream._cli._options import MetricsPort, Verbose, app, note_verbose, start_logging
 from ohip_stream._exceptions import ConfigurationError
 
 __all__ = ["fleet_app", "print_event"]
@@ -219,12 +221,14 @@ def fleet_run(
         Path | None,
         typer.Option("--env-file", help="A .env file with the secrets' variables.", dir_okay=False),
     ] = None,
+    metrics_port: MetricsPort = None,
     verbose: Verbose = 0,
 ) -> None:
     """Run this worker until SIGTERM or Ctrl-C: every stream completes, drains, commits and
     releases its lease before it exits."""
     note_verbose(verbose)
     start_logging()
+    from ohip_stream._cli._metrics import check_listen, serve_telemetry
     from ohip_stream.fleet import Fleet
 
     call = _load_handler(handler) if handler is not None else print_event
@@ -232,7 +236,14 @@ def fleet_run(
         raise ConfigurationError(f"--assignment must be balanced or greedy, got {assignment!r}")
     env = _env(env_file)
 
+    listen = check_listen(metrics_port)
+
     async def run() -> None:
+        telemetry = None
+        if listen is not None:
+            from ohip_stream._telemetry import Telemetry
+
+            telemetry = Telemetry()
         fleet = Fleet(
             database,
             handler=call,
@@ -243,8 +254,13 @@ def fleet_run(
             max_streams=max_streams,
             lock_dir=lock_dir,
             env=env,
+            telemetry=telemetry,
         )
-        async with fleet:
+        async with contextlib.AsyncExitStack() as stack:
+            if telemetry is not None and listen is not None:
+                port = await stack.enter_async_context(serve_telemetry(telemetry, listen))
+                sys.stderr.write(f"{PROG}: metrics on http://{listen[0]}:{port}/metrics\n")
+            await stack.enter_async_context(fleet)
             fleet.install_signal_handlers()
             await fleet.run()
 

@@ -69,11 +69,21 @@ async def serve_metrics(
         return
     _require_prometheus()
     from ohip_stream._telemetry import Telemetry
-    from ohip_stream._telemetry_http import MetricsServer
 
     telemetry = Telemetry()
     for stream in streams:
         telemetry.watch(stream)
+    async with serve_telemetry(telemetry, listen) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def serve_telemetry(telemetry: Any, listen: tuple[str, int]) -> AsyncIterator[int]:
+    """Serve ``telemetry``'s metrics and health on ``listen`` for the block (the streams it
+    reports may come and go, as a fleet worker's do); yields the bound port."""
+    _require_prometheus()
+    from ohip_stream._telemetry_http import MetricsServer
+
     host, port = listen
     server = MetricsServer(telemetry, host=host, port=port)
     try:

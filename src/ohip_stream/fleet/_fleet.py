@@ -109,6 +109,7 @@ class Fleet:
         retry_failed_after: float = 30.0,
         prune: bool = False,
         settle: float | None = None,
+        telemetry: Any = None,
     ) -> None:
         install_redaction()
         if not callable(handler):
@@ -153,6 +154,7 @@ class Fleet:
             env=os.environ if env is None else env,
             options=options,
             upgrade_budget=(int(count), float(window) + float(budget_pad)),
+            telemetry=telemetry,
         )
         self._slots = asyncio.Semaphore(max_concurrency)
         self._rng = random.Random()

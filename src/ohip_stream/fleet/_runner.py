@@ -63,6 +63,8 @@ class StreamFactory:
     options: Mapping[str, Any]
     upgrade_budget: tuple[int, float]
     providers: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    #: A ``Telemetry`` that reports every stream the worker owns (or None).
+    telemetry: Any = None
 
     def secret(self, spec: StreamSpec, variable: str | None, what: str) -> str:
         value = self.env.get(variable or "")
@@ -194,6 +196,8 @@ async def consume(
     fresh = await store.load_checkpoint(factory.stream_id(spec)) is None
     stream, auth = factory.make(spec, owned.checkpoints, fresh=fresh, epoch=owned.epoch)
     owned.stream = stream
+    if factory.telemetry is not None:
+        factory.telemetry.watch(stream)
     try:
         # The token first: once the budget's slot is taken, the upgrade follows at once (the
         # database's record and the gateway's count of the upgrade stay close together).
@@ -214,6 +218,8 @@ async def consume(
                         await result
                 owned.handled += 1
     finally:
+        if factory.telemetry is not None:
+            factory.telemetry.forget(stream)
         confirm_task = owned.extra.pop("confirm", None)
         if confirm_task is not None:
             confirm_task.cancel()

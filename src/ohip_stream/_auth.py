@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from typing_extensions import Unpack
+from typing_extensions import Self, Unpack
 
 from ohip_stream._auth_oauth import TokenEndpoint
 from ohip_stream._auth_options import (
@@ -63,7 +63,70 @@ __all__ = [
 DEFAULT_SCOPE = "urn:opc:hgbu:ws:__myscopes__"
 
 
-class OAuthClientCredentials:
+class _OAuthProvider:
+    """What the two OAuth providers share: the token endpoint's cache, renewal and lifetime.
+
+    Private: the reference shows the public classes with these members as their own.
+    """
+
+    _endpoint: TokenEndpoint
+
+    @property
+    def margin(self) -> float:
+        """Seconds before expiry when the token stops being reused (capped at half its life)."""
+        return self._endpoint.options.margin
+
+    @property
+    def renewable(self) -> bool:
+        """Always ``True``: the provider fetches a new token when asked."""
+        return True
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint: ``{gateway_url}/oauth/v1/tokens``."""
+        return self._endpoint.token_url
+
+    async def get_token(self) -> AccessToken:
+        """The current token if it is fresh, else a new one from the token endpoint.
+
+        A token is fresh until ``margin`` seconds before it expires. Concurrent callers share
+        one request (and its failure).
+
+        Raises:
+            AuthenticationError: the endpoint refused the request (400, 401, 403, 404...), or
+                answered 200 with a body that is not a token (or larger than
+                ``max_response_size``).
+            TransportError: the network failed, the answer missed the ``deadline``, or the
+                endpoint answered 5xx, 408 or 429, on every attempt.
+            ConfigurationError: the endpoint's TLS certificate is not trusted, or the caller's
+                ``http_client`` is closed.
+        """
+        return await self._endpoint.get_token()
+
+    def invalidate(self, token: AccessToken) -> None:
+        """Drop ``token`` if it is still the current one; the next ``get_token`` fetches anew.
+
+        A stale token (one already replaced) is ignored, so two connections that both saw a
+        4401 cause one new fetch, not two (after a 4401 the stream fetches a new token once).
+        """
+        self._endpoint.invalidate(token)
+
+    async def aclose(self) -> None:
+        """Nothing stays open between requests; idempotent, and the provider stays usable."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class OAuthClientCredentials(_OAuthProvider):
     """Tokens from the client-credentials grant (OCIM environments).
 
     Sends ``grant_type=client_credentials&scope=<scope>`` with the ``enterpriseId`` header,
@@ -142,65 +205,11 @@ class OAuthClientCredentials:
         """The enterprise id, sent as the ``enterpriseId`` header of each token request."""
         return self._enterprise_id
 
-    @property
-    def margin(self) -> float:
-        """Seconds before expiry when the token stops being reused (capped at half its life)."""
-        return self._endpoint.options.margin
-
-    @property
-    def renewable(self) -> bool:
-        """Always ``True``: the provider fetches a new token when asked."""
-        return True
-
-    @property
-    def token_url(self) -> str:
-        """The token endpoint: ``{gateway_url}/oauth/v1/tokens``."""
-        return self._endpoint.token_url
-
-    async def get_token(self) -> AccessToken:
-        """The current token if it is fresh, else a new one from the token endpoint.
-
-        A token is fresh until ``margin`` seconds before it expires. Concurrent callers share
-        one request (and its failure).
-
-        Raises:
-            AuthenticationError: the endpoint refused the request (400, 401, 403, 404...), or
-                answered 200 with a body that is not a token (or larger than
-                ``max_response_size``).
-            TransportError: the network failed, the answer missed the ``deadline``, or the
-                endpoint answered 5xx, 408 or 429, on every attempt.
-            ConfigurationError: the endpoint's TLS certificate is not trusted, or the caller's
-                ``http_client`` is closed.
-        """
-        return await self._endpoint.get_token()
-
-    def invalidate(self, token: AccessToken) -> None:
-        """Drop ``token`` if it is still the current one; the next ``get_token`` fetches anew.
-
-        A stale token (one already replaced) is ignored, so two connections that both saw a
-        4401 cause one new fetch, not two (after a 4401 the stream fetches a new token once).
-        """
-        self._endpoint.invalidate(token)
-
-    async def aclose(self) -> None:
-        """Nothing stays open between requests; idempotent, and the provider stays usable."""
-
-    async def __aenter__(self) -> OAuthClientCredentials:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         return f"OAuthClientCredentials({self._endpoint.describe()})"
 
 
-class OAuthPassword:
+class OAuthPassword(_OAuthProvider):
     """Tokens from the resource-owner password grant (older environments).
 
     Sends ``grant_type=password&username=<username>&password=<password>``, without an
@@ -274,60 +283,6 @@ class OAuthPassword:
     def enterprise_id(self) -> None:
         """Always ``None``: password-grant environments have no enterprise id."""
         return None
-
-    @property
-    def margin(self) -> float:
-        """Seconds before expiry when the token stops being reused (capped at half its life)."""
-        return self._endpoint.options.margin
-
-    @property
-    def renewable(self) -> bool:
-        """Always ``True``: the provider fetches a new token when asked."""
-        return True
-
-    @property
-    def token_url(self) -> str:
-        """The token endpoint: ``{gateway_url}/oauth/v1/tokens``."""
-        return self._endpoint.token_url
-
-    async def get_token(self) -> AccessToken:
-        """The current token if it is fresh, else a new one from the token endpoint.
-
-        A token is fresh until ``margin`` seconds before it expires. Concurrent callers share
-        one request (and its failure).
-
-        Raises:
-            AuthenticationError: the endpoint refused the request (400, 401, 403, 404...), or
-                answered 200 with a body that is not a token (or larger than
-                ``max_response_size``).
-            TransportError: the network failed, the answer missed the ``deadline``, or the
-                endpoint answered 5xx, 408 or 429, on every attempt.
-            ConfigurationError: the endpoint's TLS certificate is not trusted, or the caller's
-                ``http_client`` is closed.
-        """
-        return await self._endpoint.get_token()
-
-    def invalidate(self, token: AccessToken) -> None:
-        """Drop ``token`` if it is still the current one; the next ``get_token`` fetches anew.
-
-        A stale token (one already replaced) is ignored, so two connections that both saw a
-        4401 cause one new fetch, not two (after a 4401 the stream fetches a new token once).
-        """
-        self._endpoint.invalidate(token)
-
-    async def aclose(self) -> None:
-        """Nothing stays open between requests; idempotent, and the provider stays usable."""
-
-    async def __aenter__(self) -> OAuthPassword:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"OAuthPassword({self._endpoint.describe()})"

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -10,11 +7,9 @@ import pytest
 from ohip_stream import (
     Checkpoint,
     CheckpointStore,
-    ConsumerAlreadyRunningError,
     MemoryCheckpointStore,
     SQLiteCheckpointStore,
 )
-from ohip_stream._guard import StreamGuard
 
 
 async def test_memory_store_round_trip() -> None:
@@ -56,64 +51,6 @@ def test_sqlite_store_refuses_an_unwritable_path(tmp_path: Path) -> None:
     store = SQLiteCheckpointStore(blocker / "offsets.db")
     with pytest.raises(Exception, match="checkpoint database"):
         store.save_sync("a", Checkpoint("1"))
-
-
-def test_guard_refuses_a_second_consumer_in_the_same_process(tmp_path: Path) -> None:
-    first = StreamGuard("abc123", lock_dir=tmp_path)
-    first.acquire()
-    second = StreamGuard("abc123", lock_dir=tmp_path)
-    with pytest.raises(ConsumerAlreadyRunningError, match="in this process"):
-        second.acquire()
-    other = StreamGuard("other", lock_dir=tmp_path)
-    other.acquire()  # another stream is fine
-    first.release()
-    first.release()  # idempotent
-    second.acquire()
-    second.release()
-    other.release()
-
-
-def test_guard_refuses_from_another_thread(tmp_path: Path) -> None:
-    guard = StreamGuard("threaded", lock_dir=tmp_path)
-    guard.acquire()
-    errors: list[BaseException] = []
-
-    def contender() -> None:
-        try:
-            StreamGuard("threaded", lock_dir=tmp_path).acquire()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=contender)
-    thread.start()
-    thread.join()
-    assert len(errors) == 1
-    assert isinstance(errors[0], ConsumerAlreadyRunningError)
-    guard.release()
-
-
-def test_guard_refuses_another_process_and_is_freed_when_it_dies(tmp_path: Path) -> None:
-    code = (
-        "import sys, time\n"
-        "from ohip_stream._guard import StreamGuard\n"
-        f"g = StreamGuard('proc', lock_dir={str(tmp_path)!r}); g.acquire()\n"
-        "print('held', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ConsumerAlreadyRunningError, match="another process"):
-            StreamGuard("proc", lock_dir=tmp_path).acquire()
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
-    guard = StreamGuard("proc", lock_dir=tmp_path)
-    guard.acquire()  # the OS released the dead process's lock
-    guard.release()
 
 
 async def test_sqlite_store_in_a_worker_thread_behaves_the_same(tmp_path: Path) -> None:

@@ -120,7 +120,8 @@ def _private_dir(path: Path) -> Path:
 
 def _given_dir(path: Path) -> Path:
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=True)
         info = os.stat(path)
     except OSError as exc:
         raise ConfigurationError(

@@ -19,9 +19,13 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 pytest.importorskip("aiohttp")
 pytest.importorskip("psutil")
 
-pytestmark = pytest.mark.skipif(
-    not BENCHMARKS.is_dir(), reason="benchmarks/ is not part of this distribution"
-)
+# Real benchmark runs (seconds each): with the slow tests, not in the default run.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not BENCHMARKS.is_dir(), reason="benchmarks/ is not part of this distribution"
+    ),
+]
 
 
 def _run(script: str, *args: str, timeout: float = 90) -> dict[str, Any]:

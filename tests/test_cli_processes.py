@@ -173,6 +173,7 @@ def committed(cwd: Path, *, through_cli: bool = False) -> int:
     return int(checkpoint.offset)
 
 
+@pytest.mark.slow
 def test_tail_against_the_emulator_resumes_without_gaps(emulator_process: Path) -> None:
     cwd = emulator_process
     # Secrets never reach the command line: everything comes from ./.env.

@@ -88,6 +88,7 @@ async def test_after_a_first_subscription_drops_are_retried(tmp_path: Path) -> N
             assert (await asyncio.wait_for(anext(stream), 10)).metadata.offset == "2"
 
 
+@pytest.mark.slow
 def test_tail_against_a_wrong_url_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     pytest.importorskip("typer")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OHIP_")}

@@ -130,8 +130,7 @@ class Resume:
         number = int(offset)
         lost = self._first(number) if self._first_pending else 0
         key = uid if len(uid) <= MAX_ID_CHARS else _stored(uid)
-        young = self._young
-        seen = key in young or key in self._old
+        seen = key in self._young or key in self._old
         if number <= self.last:
             if seen or number == self.last:
                 return Verdict.DUPLICATE, lost
@@ -140,10 +139,7 @@ class Resume:
             return Verdict.DUPLICATE, lost
         else:
             verdict = Verdict.NEW
-        young[key] = None
-        if len(young) >= self.window:
-            self._old = young
-            self._young = {}
+        self._remember(key)
         self.last = number
         self.last_offset = offset
         return verdict, lost

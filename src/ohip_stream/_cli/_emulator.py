@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -25,24 +23,15 @@ import typer
 from ohip_stream._cli._common import PROG, require_emulator_extra
 from ohip_stream._cli._options import Verbose, app, note_verbose, start_logging
 from ohip_stream._exceptions import ConfigurationError
+from ohip_stream.testing._envfile import ENV_MARKER, env_file_is_ours, write_marked_env_file
 
 __all__ = ["MARKER", "choose_env_file", "write_env_file"]
 
-MARKER = "# written by ohip-stream emulator; it rewrites this file on its next start"
+# The emulator's env-file rule lives with the test kit (``serve_foreground`` follows it too).
+MARKER = ENV_MARKER
+write_env_file = write_marked_env_file
 DEFAULT_ENV_FILE = Path(".env")
 FALLBACK_ENV_FILE = Path(".env.emulator")
-
-
-def _written_by_us(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return handle.readline().rstrip("\r\n") == MARKER
-    except OSError:
-        return False
-
-
-def _free_for_us(path: Path) -> bool:
-    return not os.path.lexists(path) or (path.is_file() and _written_by_us(path))
 
 
 def choose_env_file(given: Path | None) -> Path:
@@ -52,37 +41,19 @@ def choose_env_file(given: Path | None) -> Path:
     Raises :class:`ConfigurationError` when no candidate may be written.
     """
     if given is not None:
-        if _free_for_us(given):
+        if env_file_is_ours(given):
             return given
         raise ConfigurationError(
             f"--env-file {given} exists and was not written by the emulator, so it is left "
             "alone: pass another --env-file, or --no-env-file"
         )
     for candidate in (DEFAULT_ENV_FILE, FALLBACK_ENV_FILE):
-        if _free_for_us(candidate):
+        if env_file_is_ours(candidate):
             return candidate
     raise ConfigurationError(
         f"{DEFAULT_ENV_FILE} and {FALLBACK_ENV_FILE} exist and were not written by the "
         "emulator, so they are left alone: pass --env-file PATH, or --no-env-file"
     )
-
-
-def write_env_file(path: Path, variables: dict[str, str]) -> Path:
-    """Write ``variables`` as ``NAME=value`` lines under :data:`MARKER`, mode 0600, atomically
-    (a temporary file in the same directory, then a rename)."""
-    text = MARKER + "\n" + "".join(f"{name}={value}\n" for name, value in variables.items())
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, temporary = tempfile.mkstemp(prefix=".ohip-env-", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return path
 
 
 @dataclass

@@ -4,6 +4,7 @@ import pytest
 from graphql import parse, validate
 
 from ohip_stream import ConfigurationError
+from ohip_stream._models import OFFSET_PATTERN
 from ohip_stream._query import (
     build_subscription,
     connection_status_query,
@@ -20,6 +21,14 @@ def test_rules_come_from_the_schema_directives() -> None:
     assert rules["offsetType"].pattern == "^(highest)$"
     assert rules["hotelCode"].max_length == 50
     assert "delta" not in rules
+
+
+def test_the_event_models_offset_rule_is_the_schemas() -> None:
+    # Events' offsets are checked by the model (in one pass with the rest of the event); the
+    # rule must be the one a subscription's offset argument has in the schema.
+    rule = input_rules()["offset"]
+    assert rule.pattern == "^[0-9]+$"
+    assert f"^[0-9]{{1,{rule.max_length}}}$" == OFFSET_PATTERN
 
 
 def test_document_is_valid_against_the_schema_and_inlines_the_input() -> None:

@@ -55,12 +55,14 @@ class Sink:
         self.ended = asyncio.Event()
         self._on_frame = on_frame
 
-    def frame_received(self, data: bytes) -> None:
+    def frames_received(self, frames: list[bytes]) -> None:
         assert not self.failures, "a frame after connection_ended"
-        assert type(data) is bytes
-        self.frames.append(data)
-        if self._on_frame is not None:
-            self._on_frame(data)
+        assert frames, "an empty read delivered"
+        for data in frames:
+            assert type(data) is bytes
+            self.frames.append(data)
+            if self._on_frame is not None:
+                self._on_frame(data)
 
     def connection_ended(self, failure: Failure) -> None:
         self.failures.append(failure)

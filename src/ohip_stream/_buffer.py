@@ -1,14 +1,18 @@
 """The bounded buffer between the socket and the caller.
 
-The connection's reader (the transport's ``data_received``) appends each received event frame,
-undecoded; the caller takes them one at a time and validates each as it goes, so an event is
-built only when it is about to be handed out (a socket read holds hundreds of frames: built at
-once, they would all outlive the garbage collector's young generation). Besides frames it
-carries a few items in order: the start of a connection, a fatal error.
+The connection's reader (the transport's ``data_received``) appends the event frames of each
+socket read as one batch (a list of undecoded frames, in order); the caller takes a batch and
+validates its frames one at a time as it hands them out, so an event is built only when it is
+about to be handed out (a socket read holds hundreds of frames: built at once, they would all
+outlive the garbage collector's young generation). A batch per read, not a frame, is what the
+buffer's bookkeeping costs: at hundreds of frames per read, the per-frame cost is the caller's
+loop alone. Besides batches it carries a few items in order: the start of a connection, a
+fatal error.
 
-Bounded in count AND bytes: above ``max_items`` frames or ``max_bytes`` bytes the socket stops
+Bounded in frames AND bytes: above ``max_items`` frames or ``max_bytes`` bytes the socket stops
 being read (``pause_reading``), so TCP pushes back on the gateway; it is read again once the
-caller took the buffer below half of both (``resume_reading``).
+caller took the buffer below half of both (``resume_reading``). A batch taken by the caller no
+longer counts: it is in the caller's hands.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class Reader(Protocol):
 
 
 class Buffer:
-    """A FIFO of frames (``bytes``) and markers, with flow control and one waiting caller."""
+    """A FIFO of batches of frames (``list[bytes]``) and markers, with flow control and one
+    waiting caller."""
 
     __slots__ = (
         "_low_items",
@@ -38,6 +43,7 @@ class Buffer:
         "_monotonic",
         "_waiter",
         "bytes",
+        "frames",
         "items",
         "max_bytes",
         "max_items",
@@ -50,6 +56,8 @@ class Buffer:
     def __init__(self, max_items: int, max_bytes: int, monotonic: Callable[[], float]) -> None:
         self._monotonic = monotonic
         self.items: deque[Any] = deque()
+        #: Frames and their bytes in the buffer (in batches not taken yet).
+        self.frames = 0
         self.bytes = 0
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -71,13 +79,15 @@ class Buffer:
 
     # --- the reader's side ----------------------------------------------------------------------
 
-    def push(self, frame: bytes) -> None:
-        """Append a received frame; pause the reader when the buffer is full."""
-        self.items.append(frame)
-        self.bytes += len(frame)
+    def push(self, batch: list[bytes]) -> None:
+        """Append a batch of received frames (not empty); pause the reader when the buffer is
+        full."""
+        self.items.append(batch)
+        self.frames += len(batch)
+        self.bytes += sum(map(len, batch))
         if self._waiter is not None:
             self._wake()
-        if (len(self.items) >= self.max_items or self.bytes >= self.max_bytes) and not self.paused:
+        if not self.paused and self._full:
             self._pause()
 
     def put(self, item: object) -> None:
@@ -89,13 +99,20 @@ class Buffer:
     # --- the caller's side ----------------------------------------------------------------------
 
     def take(self) -> Any:
-        """The oldest item (the buffer must not be empty)."""
+        """The oldest item, a batch or a marker (the buffer must not be empty)."""
         item = self.items.popleft()
-        if type(item) is bytes:
-            self.bytes -= len(item)
+        if type(item) is list:
+            self.frames -= len(item)
+            self.bytes -= sum(map(len, item))
         if self.watching:
             self._check_low_water()
         return item
+
+    def put_back(self, batch: list[bytes]) -> None:
+        """Return frames the caller took and did not hand out to the front (not empty)."""
+        self.items.appendleft(batch)
+        self.frames += len(batch)
+        self.bytes += sum(map(len, batch))
 
     async def wait(self) -> None:
         """Wait until an item is appended (or :meth:`wake` is called)."""
@@ -113,9 +130,10 @@ class Buffer:
     def clear_frames(self) -> None:
         """Drop every frame (a stop: frames not handed out were not processed and come again
         on the next run); markers are kept."""
-        kept = [item for item in self.items if type(item) is not bytes]
+        kept = [item for item in self.items if type(item) is not list]
         self.items.clear()  # in place: the caller's iteration holds this deque
         self.items.extend(kept)
+        self.frames = 0
         self.bytes = 0
         self._check_low_water()
 
@@ -146,11 +164,11 @@ class Buffer:
 
     @property
     def _full(self) -> bool:
-        return len(self.items) >= self.max_items or self.bytes >= self.max_bytes
+        return self.frames >= self.max_items or self.bytes >= self.max_bytes
 
     @property
     def _below_low_water(self) -> bool:
-        return len(self.items) < self._low_items and self.bytes < self.max_bytes // 2
+        return self.frames < self._low_items and self.bytes < self.max_bytes // 2
 
     def _pause(self) -> None:
         reader = self.reader
@@ -183,4 +201,4 @@ class Buffer:
             waiter.set_result(None)
 
     def __repr__(self) -> str:
-        return f"Buffer(items={len(self.items)}, bytes={self.bytes}, paused={self.paused})"
+        return f"Buffer(frames={self.frames}, bytes={self.bytes}, paused={self.paused})"

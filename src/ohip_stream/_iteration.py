@@ -1,10 +1,11 @@
 """The caller's side of a stream: ``async for event in stream``.
 
 Each turn of the iteration marks the event handed out last as processed (committing when a
-batch is due), takes the next frame from the buffer, validates it into an :class:`Event`,
-de-duplicates it and hands it out. Events are built here, one at a time, as the caller asks:
-the connection's reader only stores frames. Invalid events go to the dead-letter path in the
-caller's task, so an async callback runs where the caller's code runs.
+batch is due), takes the next frame (from the batch in hand, or the buffer's next batch),
+validates it into an :class:`Event`, de-duplicates it and hands it out. Events are built here,
+one at a time, as the caller asks: the connection's reader only stores frames. Invalid events
+go to the dead-letter path in the caller's task, so an async callback runs where the caller's
+code runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from ohip_stream._protocol import (
     InvalidNext,
     Next,
     event_of_frame,
-    invalid_offset,
     read_event_frame,
 )
 from ohip_stream._resume import Resume, Verdict
@@ -102,43 +102,56 @@ class Iteration:
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """The caller's iteration (see the module docstring)."""
-        buffer = self.buffer
-        items = buffer.items
         commits = self.commits
         stats = self.stats
         accept = self.resume.accept
         sub_id = "1"
-        while True:
-            if commits.processed():  # a batch is due (or waits on a failed write)
-                await self.checkpointer.commit_due()
-            if self._attention:
-                await self._attend()
-            if self.life.stopping:
-                return
-            if not items:
-                await self._wait()
-                continue
-            item = buffer.take()
-            if type(item) is not bytes:
-                self._marker(item)
-                continue
-            event = event_of_frame(item, sub_id)
-            if event is None:
-                event = await self._slow(item)
-                if event is None:
+        batch: list[bytes] = []  # the frames in hand, from one socket read
+        index = 0  # the next of them
+        try:
+            while True:
+                if commits.processed():  # a batch is due (or waits on a failed write)
+                    await self.checkpointer.commit_due()
+                if self._attention:
+                    await self._attend()
+                if self.life.stopping:
+                    return
+                if index == len(batch):
+                    batch, index = await self._refill(), 0
                     continue
-            metadata = event.metadata
-            verdict, lost = accept(metadata.offset, metadata.unique_event_id)
-            if lost:
-                self._lost(lost, metadata.offset)
-            if verdict is _NEW or self._deliver(verdict, metadata.offset):
-                commits.handed = metadata
-                self.last_event = event
-                stats.events += 1
-                stats.last_offset = metadata.offset
-                yield event
-            elif verdict is Verdict.INVALID:
-                await self._dead_letter(invalid_offset(item, metadata.offset))
+                frame = batch[index]
+                index += 1
+                event = event_of_frame(frame, sub_id)
+                if event is None:
+                    event = await self._slow(frame)
+                    if event is None:
+                        continue
+                metadata = event.metadata
+                verdict = accept(metadata.offset, metadata.unique_event_id)
+                if verdict is _NEW or self._deliver(verdict, metadata.offset):
+                    commits.handed = metadata
+                    self.last_event = event
+                    stats.events += 1
+                    stats.last_offset = metadata.offset
+                    yield event
+        finally:
+            # Frames in hand that were not handed out go back to the buffer's front: an
+            # iteration ended by an exception is followed by a new one that takes them.
+            if index < len(batch):
+                self.buffer.put_back(batch[index:])
+
+    async def _refill(self) -> list[bytes]:
+        """The buffer's next batch of frames; empty after a wait or a marker (the caller's loop
+        then looks at the stream's state again)."""
+        buffer = self.buffer
+        if not buffer.items:
+            await self._wait()
+            return []
+        item = buffer.take()
+        if type(item) is list:
+            return item
+        self._marker(item)
+        return []
 
     async def _slow(self, frame: bytes) -> Event | None:
         """A frame that is not a valid event: an invalid one, a broken one, or another frame."""
@@ -203,8 +216,14 @@ class Iteration:
         )
 
     def _deliver(self, verdict: Verdict, offset: str) -> bool:
-        """Whether an event that is not new is handed out all the same (an offset reset that
-        the configuration delivers); duplicates are counted."""
+        """Whether an event that is not plainly new is handed out: one after events lost
+        upstream (said), an offset reset that the configuration delivers; duplicates are
+        counted."""
+        lost = self.resume.take_lost()
+        if lost:
+            self._lost(lost, offset)
+        if verdict is Verdict.GAP:
+            return True
         if verdict is Verdict.DUPLICATE:
             self.stats.duplicates += 1
             return False

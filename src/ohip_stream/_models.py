@@ -39,14 +39,23 @@ _MODEL_CONFIG = ConfigDict(
 )
 
 
+#: The schema's rule for an offset (``String`` of ASCII digits, at most 20: the subscription's
+#: ``offset`` argument), applied to every event's offset as it is validated, so that an offset
+#: the stream could not send back never reaches a checkpoint. tests/test_query.py checks it
+#: against the bundled schema.
+OFFSET_PATTERN = r"^[0-9]{1,20}$"
+
+
 class EventMetadata(BaseModel):
     """Where the event sits in the stream: its offset (a digit string) and its unique id."""
 
     model_config = _MODEL_CONFIG
 
-    offset: str
-    """The event's position in the chain's stream (``offset`` on the wire): consecutive digits
-    kept as a string, such as ``"193"``. Persist it after processing to resume after it."""
+    offset: str = Field(pattern=OFFSET_PATTERN)
+    """The event's position in the chain's stream (``offset`` on the wire): 1 to 20 ASCII
+    digits kept as a string, such as ``"193"``. Persist it after processing to resume after it.
+    An event whose offset breaks this rule is invalid: it could never be sent back in a
+    subscription."""
     unique_event_id: str
     """A unique id of the event (``uniqueEventId``): the same event replayed after a reconnect
     has the same id, so it is the key for de-duplication downstream."""

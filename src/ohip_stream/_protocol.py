@@ -48,7 +48,6 @@ __all__ = [
     "State",
     "event_of_frame",
     "hash_app_key",
-    "invalid_offset",
     "read_event_frame",
 ]
 
@@ -444,18 +443,6 @@ def _event_item(payload: dict[str, Any], text: str) -> Next | InvalidNext:
         return InvalidNext(text, _validation_error(exc, text, event_data))
     except RecursionError:
         raise ProtocolError("malformed next: its event is nested too deeply") from None
-
-
-def invalid_offset(raw: bytes, offset: str) -> InvalidNext:
-    """An event whose offset could never be sent back in a subscription (not 1 to 20 ASCII
-    digits): invalid, for the dead-letter path, and never a checkpoint."""
-    text = raw.decode("utf-8", "replace")
-    error = EventValidationError(
-        f"event with offset {_excerpt(offset, 30)} does not fit the model: metadata.offset: "
-        "an offset is 1 to 20 ASCII digits",
-        raw=text,
-    )
-    return InvalidNext(text, error)
 
 
 def _payload(message: dict[str, Any], text: str) -> Mapping[str, Any] | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 
-from ohip_stream._query import is_valid_offset, offset_rule
+from ohip_stream._query import is_valid_offset
 
 __all__ = ["MAX_ID_CHARS", "Resume", "Verdict"]
 
@@ -34,14 +34,14 @@ class Verdict(enum.Enum):
 
     #: Not seen before: hand it out.
     NEW = "new"
+    #: Not seen before, and the first of a subscription that skipped offsets: events were lost
+    #: upstream (:attr:`Resume.lost` says how many). Hand it out; say so.
+    GAP = "gap"
     #: Delivered already (a replay): drop it, count it as a duplicate.
     DUPLICATE = "duplicate"
     #: Its offset is below the last one seen and its id is new: the gateway's offsets were
     #: reset. The stream logs it, counts it and follows its ``on_offset_reset`` rule.
     RESET = "reset"
-    #: Its offset is not 1 to 20 ASCII digits: it could never be sent back in a subscription,
-    #: so it is an invalid event (dead-letter path), never a checkpoint.
-    INVALID = "invalid"
 
 
 def _stored(uid: str) -> str:
@@ -60,12 +60,12 @@ class Resume:
     __slots__ = (
         "_asked",
         "_first_pending",
-        "_offset_ok",
         "_old",
         "_young",
         "filtered",
         "last",
         "last_offset",
+        "lost",
         "started",
         "window",
     )
@@ -81,12 +81,14 @@ class Resume:
         #: Whether any event arrived since this object was made (explicit starts then stop
         #: applying: a reconnect resumes from what was seen).
         self.started = False
+        #: Events lost upstream before the first event of the current subscription (set by
+        #: that event; the caller reads it when the verdict is not NEW).
+        self.lost = 0
         self._asked: int | None = None
         self._first_pending = False
         # Dicts, not sets: a dict of strings is not tracked by the garbage collector.
         self._young: dict[str, None] = {}
         self._old: dict[str, None] = {}
-        self._offset_ok = offset_rule()
 
     # --- before a subscription ----------------------------------------------------------------
 
@@ -96,7 +98,7 @@ class Resume:
             self.last = int(offset)
             self.last_offset = offset
         if unique_event_id:
-            self._remember(_stored(unique_event_id))
+            self._young[_stored(unique_event_id)] = None
 
     def subscription_start(
         self, explicit_offset: str | None, highest: bool
@@ -119,30 +121,42 @@ class Resume:
         first event tells whether events were lost upstream."""
         self._asked = asked
         self._first_pending = True
+        self.lost = 0
 
     # --- per event (the hot path) -------------------------------------------------------------
 
-    def accept(self, offset: str, uid: str) -> tuple[Verdict, int]:
-        """The verdict on an arriving event, and how many events were lost upstream before it
-        (non-zero only for the first event of a subscription that skipped offsets)."""
-        if not self._offset_ok(offset):
-            return Verdict.INVALID, 0
+    def accept(self, offset: str, uid: str) -> Verdict:
+        """The verdict on an arriving event (its offset valid, as the event model makes it).
+        Only the first event of a subscription can be other than NEW for a stream that just
+        goes on: the hot path is one test of the verdict (events lost before it are in
+        :attr:`lost`)."""
         number = int(offset)
-        lost = self._first(number) if self._first_pending else 0
+        if self._first_pending:
+            self.lost = self._first(number)
         key = uid if len(uid) <= MAX_ID_CHARS else _stored(uid)
-        seen = key in self._young or key in self._old
-        if number <= self.last:
-            if seen or number == self.last:
-                return Verdict.DUPLICATE, lost
-            verdict = Verdict.RESET
-        elif seen:
-            return Verdict.DUPLICATE, lost
+        young = self._young
+        if key in young or key in self._old:
+            return Verdict.DUPLICATE
+        if number > self.last:
+            verdict = Verdict.GAP if self.lost else Verdict.NEW
+        elif number == self.last:
+            return Verdict.DUPLICATE
         else:
-            verdict = Verdict.NEW
-        self._remember(key)
+            verdict = Verdict.RESET
+        young[key] = None
+        if len(young) >= self.window:
+            # the young generation is full: it becomes the old one, the old one is dropped
+            self._old = young
+            self._young = {}
         self.last = number
         self.last_offset = offset
-        return verdict, lost
+        return verdict
+
+    def take_lost(self) -> int:
+        """How many events were lost upstream before the current subscription's first event,
+        once (then 0)."""
+        lost, self.lost = self.lost, 0
+        return lost
 
     def accept_invalid(self, offset: str | None) -> bool:
         """Whether an invalid event is new (the dead-letter path gets each one once): one
@@ -170,12 +184,6 @@ class Resume:
         if asked is None or self.filtered or number <= asked + 1:
             return 0
         return number - asked - 1
-
-    def _remember(self, key: str) -> None:
-        self._young[key] = None
-        if len(self._young) >= self.window:
-            self._old = self._young
-            self._young = {}
 
     def __repr__(self) -> str:
         return f"Resume(last_offset={self.last_offset!r}, ids={len(self._young) + len(self._old)})"

@@ -1,8 +1,9 @@
 """One WebSocket connection to the gateway: upgrade, init, (standby,) subscribe, keep, drain.
 
 The connection's only reader is the transport's ``data_received``: every frame goes through
-:meth:`Session.frame_received`. Event frames are appended, undecoded, to the stream's bounded
-buffer (the caller validates each as it takes it); every other frame (``connection_ack``,
+:meth:`Session.frames_received`, a read's frames at a time. Event frames are appended, undecoded,
+to the stream's bounded buffer, a run of them as one batch (the caller validates each as it
+hands it out); every other frame (``connection_ack``,
 ``ping``, ``pong``, ``complete``, ``error``, query results) is handled at once, so a server ping
 is answered even while the caller is busy. No task runs per connection: pings, liveness, the
 rotation deadline and the drain timeout are timers of the stream's clock.
@@ -310,19 +311,32 @@ class Session:
 
     # --- frames (called by the transport) ---------------------------------------------------
 
-    def frame_received(self, data: bytes) -> None:
-        """The reader: an event frame goes to the buffer as it is; anything else is handled.
+    def frames_received(self, frames: list[bytes]) -> None:
+        """The reader: event frames go to the buffer as they are, each run of them as one
+        batch; any other frame is handled in its place in the order.
 
         Once a stop was asked, event frames are dropped (nothing more is handed out, so they
         come again on the next run): the drain then reads on to the server's close instead of
         filling the buffer and pausing the socket in front of it."""
-        self.arrivals += 1
-        if self._streaming and _NEXT in data:
-            self.progress = True
-            if not self.life.stopping:
-                self.buffer.push(data)
-        else:
+        self.arrivals += len(frames)
+        streaming = self._streaming
+        run: list[bytes] = []
+        for data in frames:
+            if streaming and _NEXT in data:
+                run.append(data)
+                continue
+            if run:
+                self._events_received(run)
+                run = []
             self.control(data)
+            streaming = self._streaming
+        if run:
+            self._events_received(run)
+
+    def _events_received(self, run: list[bytes]) -> None:
+        self.progress = True
+        if not self.life.stopping:
+            self.buffer.push(run)
 
     def connection_ended(self, failure: Failure) -> None:
         self._streaming = False
@@ -339,7 +353,7 @@ class Session:
             self.fail(Failure(FailureKind.MALFORMED, reason=redact(str(exc))))
             return
         if type(item) is Next or type(item) is InvalidNext:
-            self.buffer.push(data)  # in order with the other event frames
+            self.buffer.push([data])  # in order with the other event frames
             return
         self.handle(item)
 

@@ -47,7 +47,8 @@ class StreamSnapshot:
     #: Upgrades made with the application key in the budget's window, and the budget.
     upgrades_used: int
     upgrade_budget: tuple[int, float]
-    #: Frames received and not yet handed out.
+    #: Frames received and not yet taken by the caller's loop (it takes a read's frames
+    #: at a time).
     buffered: int
     #: Now, on the stream's clock.
     taken_at: float
@@ -73,7 +74,7 @@ def take_snapshot(
         updated = checkpoint.updated_at or None
         last = iteration.last_event
         timestamp = last.timestamp if last is not None else None
-        buffered = sum(1 for item in iteration.buffer.items if type(item) is bytes)
+        buffered = iteration.buffer.frames
     if connector is not None:
         completed = connector.completed_at()
         session = connector.session

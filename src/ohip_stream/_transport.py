@@ -8,21 +8,21 @@ control. Why: only websockets' documented API is used (issue 17), and the per-me
 lean. websockets' :class:`~websockets.client.ClientProtocol` parses and serializes; an
 :class:`asyncio.Protocol` pumps bytes into it (``data_received`` -> ``receive_data`` ->
 ``events_received``) as websockets' guide "Integrate the Sans-I/O layer" describes, and hands
-each whole message to a :class:`FrameSink` with one synchronous call: no task, future or
-coroutine per message. WebSocket pings are answered by websockets (RFC 6455 §5.5.2); there is
-no keepalive here (OHIP's liveness is the graphql-level ping, above this layer).
+the whole messages of each read to a :class:`FrameSink` with one synchronous call: no task,
+future or coroutine per message. WebSocket pings are answered by websockets (RFC 6455
+§5.5.2); there is no keepalive here (OHIP's liveness is the graphql-level ping, above this layer).
 
 States of a connection::
 
     CONNECTING  open_websocket runs: TCP, proxy tunnel, TLS, upgrade request, waiting for 101.
                 Any failure raises Failed(Failure) and closes the socket; the sink hears nothing.
-    OPEN        open_websocket returned. Messages flow to sink.frame_received, in order (those
+    OPEN        open_websocket returned. Messages flow to sink.frames_received, in order (those
                 that came with the 101 are delivered just after open_websocket returns).
     CLOSING     a close frame was sent (close(), or websockets failed the connection: 1009,
                 1002) or received; the server closes TCP (RFC 6455 §7.1.1: the server closes
                 first), or close_timeout later we drop it.
     ENDED       TCP is closed: sink.connection_ended(failure) was called, once, after the last
-                frame_received; wait_closed() returns.
+                frames_received; wait_closed() returns.
 
 Every reason is free of the URL's query (it holds the key hash) and of header values; server
 text (an HTTP body, a close reason) is redacted before it enters a reason.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from websockets.client import ClientProtocol
@@ -97,15 +97,17 @@ class Failed(Exception):
 class FrameSink(Protocol):
     """Where a connection delivers what it receives."""
 
-    def frame_received(self, data: bytes) -> None:
-        """One whole message (fragments assembled): text as its UTF-8 bytes, binary as is.
+    def frames_received(self, frames: list[bytes]) -> None:
+        """The whole messages of one read (fragments assembled; never empty): text as its UTF-8
+        bytes, binary as is.
 
-        Called synchronously from the transport's ``data_received``, in arrival order. It must
-        not raise. Frames parsed from the same read are delivered even after ``pause_reading``.
+        Called synchronously from the transport's ``data_received``, in arrival order; the
+        list is the sink's to keep. It must not raise. Frames parsed from the same read are
+        delivered even after ``pause_reading``.
         """
 
     def connection_ended(self, failure: Failure) -> None:
-        """Called exactly once, after the last :meth:`frame_received`, however the open
+        """Called exactly once, after the last :meth:`frames_received`, however the open
         connection ended: CLOSE (received code and reason; 1009 when a message passed the limit;
         1006 when TCP was lost without a close frame) or MALFORMED (a framing error)."""
 
@@ -167,8 +169,6 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._protocol = protocol
         self._sink = sink
-        # Typed loosely: websockets hands frame payloads as bytearray; bytes() is applied here.
-        self._deliver: Callable[..., None] = sink.frame_received
         self._subprotocol = subprotocol
         self._close_timeout = close_timeout
         self._loop = loop
@@ -216,12 +216,13 @@ class _Connection(asyncio.Protocol):
             self._expect_close()
 
     def _frames_received(self, events: list[Any]) -> None:
-        deliver = self._deliver
+        # websockets hands payloads as bytearray: the sink gets immutable bytes.
+        messages: list[bytes] = []
         for frame in events:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if frame.fin:
-                    deliver(bytes(frame.data))
+                    messages.append(bytes(frame.data))
                 else:
                     self._fragments = [bytes(frame.data)]
             elif opcode is _CONT and self._fragments is not None:
@@ -229,11 +230,12 @@ class _Connection(asyncio.Protocol):
                 # (max_size counts every fragment); only the assembly is left to do.
                 self._fragments.append(bytes(frame.data))
                 if frame.fin:
-                    message = b"".join(self._fragments)
+                    messages.append(b"".join(self._fragments))
                     self._fragments = None
-                    deliver(message)
             # PING: websockets queued the pong (RFC 6455 §5.5.2), sent by _send_pending.
             # PONG: unsolicited or not, nothing to do. CLOSE: seen through the protocol's state.
+        if messages:
+            self._sink.frames_received(messages)
 
     def eof_received(self) -> bool:
         self._protocol.receive_eof()

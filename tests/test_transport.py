@@ -59,7 +59,7 @@ class Sink:
         assert not self.failures, "a frame after connection_ended"
         assert frames, "an empty read delivered"
         for data in frames:
-            assert type(data) is bytes
+            assert type(data) in (bytes, bytearray)
             self.frames.append(data)
             if self._on_frame is not None:
                 self._on_frame(data)

@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ohip_stream._protocol import RawFrame
 
 __all__ = ["Buffer", "Reader"]
 
@@ -79,7 +82,7 @@ class Buffer:
 
     # --- the reader's side ----------------------------------------------------------------------
 
-    def push(self, batch: list[bytes]) -> None:
+    def push(self, batch: list[RawFrame]) -> None:
         """Append a batch of received frames (not empty); pause the reader when the buffer is
         full."""
         self.items.append(batch)
@@ -108,7 +111,7 @@ class Buffer:
             self._check_low_water()
         return item
 
-    def put_back(self, batch: list[bytes]) -> None:
+    def put_back(self, batch: list[RawFrame]) -> None:
         """Return frames the caller took and did not hand out to the front (not empty)."""
         self.items.appendleft(batch)
         self.frames += len(batch)

@@ -21,6 +21,7 @@ from ohip_stream._policy import Failure, FailureKind
 from ohip_stream._protocol import (
     InvalidNext,
     Next,
+    RawFrame,
     event_of_frame,
     read_event_frame,
 )
@@ -106,7 +107,7 @@ class Iteration:
         stats = self.stats
         accept = self.resume.accept
         sub_id = "1"
-        batch: list[bytes] = []  # the frames in hand, from one socket read
+        batch: list[RawFrame] = []  # the frames in hand, from one socket read
         index = 0  # the next of them
         try:
             while True:
@@ -127,12 +128,13 @@ class Iteration:
                     if event is None:
                         continue
                 metadata = event.metadata
-                verdict = accept(metadata.offset, metadata.unique_event_id)
-                if verdict is _NEW or self._deliver(verdict, metadata.offset):
+                offset = metadata.offset
+                verdict = accept(offset, metadata.unique_event_id)
+                if verdict is _NEW or self._deliver(verdict, offset):
                     commits.handed = metadata
                     self.last_event = event
                     stats.events += 1
-                    stats.last_offset = metadata.offset
+                    stats.last_offset = offset
                     yield event
         finally:
             # Frames in hand that were not handed out go back to the buffer's front: an
@@ -140,7 +142,7 @@ class Iteration:
             if index < len(batch):
                 self.buffer.put_back(batch[index:])
 
-    async def _refill(self) -> list[bytes]:
+    async def _refill(self) -> list[RawFrame]:
         """The buffer's next batch of frames; empty after a wait or a marker (the caller's loop
         then looks at the stream's state again)."""
         buffer = self.buffer
@@ -153,7 +155,7 @@ class Iteration:
         self._marker(item)
         return []
 
-    async def _slow(self, frame: bytes) -> Event | None:
+    async def _slow(self, frame: RawFrame) -> Event | None:
         """A frame that is not a valid event: an invalid one, a broken one, or another frame."""
         try:
             found = read_event_frame(frame, "1")
@@ -194,7 +196,7 @@ class Iteration:
             self._attention = True
             raise item.error
 
-    def _other(self, frame: bytes) -> None:
+    def _other(self, frame: RawFrame) -> None:
         # Not an event frame after all (its text only contained "next"): the connection that
         # received it handles it, if it is still there; a broken next ends that connection.
         session = self._session

@@ -272,10 +272,12 @@ class NextFrame(TypedDict):
 _NEXT_FRAME: TypeAdapter[NextFrame] = TypeAdapter(NextFrame)
 # The core validator itself: this runs once per event, and the adapter's method adds a Python
 # call with keyword handling around the same validator.
-_validate_next_json: Callable[[str | bytes], NextFrame] = _NEXT_FRAME.validator.validate_json
+_validate_next_json: Callable[[str | bytes | bytearray], NextFrame] = (
+    _NEXT_FRAME.validator.validate_json
+)
 
 
-def parse_next_frame(raw: str | bytes) -> NextFrame:
+def parse_next_frame(raw: str | bytes | bytearray) -> NextFrame:
     """Validate a whole ``next`` frame from its raw text in one pass (raises
     ``pydantic.ValidationError``); ``parse_next_frame(raw)["payload"]["data"]["newEvent"]`` is the
     :class:`Event`."""

@@ -45,11 +45,17 @@ __all__ = [
     "Pong",
     "ProtocolEvent",
     "QueryResult",
+    "RawFrame",
     "State",
     "event_of_frame",
     "hash_app_key",
     "read_event_frame",
 ]
+
+#: A received message as the connection hands it over: its UTF-8 bytes, as websockets parsed
+#: them (a ``bytearray`` for a message of one frame, which nothing changes afterwards: a copy
+#: per event saved), or ``bytes``.
+RawFrame = bytes | bytearray
 
 SUBPROTOCOL = "graphql-transport-ws"
 
@@ -261,7 +267,7 @@ class ClientProtocol:
 
     # --- received ------------------------------------------------------------------------------
 
-    def receive(self, text: str | bytes) -> ProtocolEvent:
+    def receive(self, text: str | RawFrame) -> ProtocolEvent:
         """Turn one received frame into an event; a frame that breaks the protocol raises
         :class:`ProtocolError` naming what is wrong."""
         state = self.state
@@ -273,7 +279,7 @@ class ClientProtocol:
             return Next(event)
         return self._receive_slow(text if isinstance(text, str) else _decode(text))
 
-    def receive_event(self, text: str | bytes) -> Event | None:
+    def receive_event(self, text: str | RawFrame) -> Event | None:
         """The hot path: the valid event of a ``next`` frame of the running subscription, or
         ``None`` for any other frame (give that one to :meth:`receive`).
 
@@ -394,7 +400,7 @@ _HANDLERS: dict[str, _Handler] = {
 _CLIENT_ONLY = frozenset({"connection_init", "subscribe"})
 
 
-def event_of_frame(data: str | bytes, subscription_id: str) -> Event | None:
+def event_of_frame(data: str | RawFrame, subscription_id: str) -> Event | None:
     """The hot path: the valid event of a ``next`` frame of subscription ``subscription_id``,
     validated in one pass from the raw text, or ``None`` for any other frame."""
     try:
@@ -406,7 +412,7 @@ def event_of_frame(data: str | bytes, subscription_id: str) -> Event | None:
     return frame["payload"]["data"]["newEvent"]
 
 
-def read_event_frame(data: bytes, subscription_id: str) -> Next | InvalidNext | None:
+def read_event_frame(data: RawFrame, subscription_id: str) -> Next | InvalidNext | None:
     """The event of a ``next`` frame of subscription ``subscription_id``, valid or not, or
     ``None`` for any other frame (a connection's protocol object handles those).
 
@@ -454,7 +460,7 @@ def _payload(message: dict[str, Any], text: str) -> Mapping[str, Any] | None:
     )
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: RawFrame) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

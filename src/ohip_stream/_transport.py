@@ -65,6 +65,7 @@ from ohip_stream._handshake import (
 )
 from ohip_stream._logging import redact
 from ohip_stream._policy import Failure, FailureKind
+from ohip_stream._protocol import RawFrame
 from ohip_stream._proxy import ProxyError, parse_proxy
 
 __all__ = [
@@ -97,9 +98,9 @@ class Failed(Exception):
 class FrameSink(Protocol):
     """Where a connection delivers what it receives."""
 
-    def frames_received(self, frames: list[bytes]) -> None:
+    def frames_received(self, frames: list[RawFrame]) -> None:
         """The whole messages of one read (fragments assembled; never empty): text as its UTF-8
-        bytes, binary as is.
+        bytes, binary as is, as websockets parsed them (see :data:`RawFrame`).
 
         Called synchronously from the transport's ``data_received``, in arrival order; the
         list is the sink's to keep. It must not raise. Frames parsed from the same read are
@@ -216,13 +217,12 @@ class _Connection(asyncio.Protocol):
             self._expect_close()
 
     def _frames_received(self, events: list[Any]) -> None:
-        # websockets hands payloads as bytearray: the sink gets immutable bytes.
-        messages: list[bytes] = []
+        messages: list[RawFrame] = []
         for frame in events:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if frame.fin:
-                    messages.append(bytes(frame.data))
+                    messages.append(frame.data)
                 else:
                     self._fragments = [bytes(frame.data)]
             elif opcode is _CONT and self._fragments is not None:

@@ -44,6 +44,7 @@ class Buffer:
         "_low_items",
         "_low_water_callback",
         "_monotonic",
+        "_sizes",
         "_waiter",
         "bytes",
         "frames",
@@ -62,6 +63,8 @@ class Buffer:
         #: Frames and their bytes in the buffer (in batches not taken yet).
         self.frames = 0
         self.bytes = 0
+        # The bytes of each batch in ``items``, in the same order (counted once, at push).
+        self._sizes: deque[int] = deque()
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._low_items = max(1, max_items // 2)
@@ -85,9 +88,11 @@ class Buffer:
     def push(self, batch: list[RawFrame]) -> None:
         """Append a batch of received frames (not empty); pause the reader when the buffer is
         full."""
+        size = sum(map(len, batch))
         self.items.append(batch)
+        self._sizes.append(size)
         self.frames += len(batch)
-        self.bytes += sum(map(len, batch))
+        self.bytes += size
         if self._waiter is not None:
             self._wake()
         if not self.paused and self._full:
@@ -106,16 +111,18 @@ class Buffer:
         item = self.items.popleft()
         if type(item) is list:
             self.frames -= len(item)
-            self.bytes -= sum(map(len, item))
+            self.bytes -= self._sizes.popleft()
         if self.watching:
             self._check_low_water()
         return item
 
     def put_back(self, batch: list[RawFrame]) -> None:
         """Return frames the caller took and did not hand out to the front (not empty)."""
+        size = sum(map(len, batch))
         self.items.appendleft(batch)
+        self._sizes.appendleft(size)
         self.frames += len(batch)
-        self.bytes += sum(map(len, batch))
+        self.bytes += size
 
     async def wait(self) -> None:
         """Wait until an item is appended (or :meth:`wake` is called)."""
@@ -136,6 +143,7 @@ class Buffer:
         kept = [item for item in self.items if type(item) is not list]
         self.items.clear()  # in place: the caller's iteration holds this deque
         self.items.extend(kept)
+        self._sizes.clear()
         self.frames = 0
         self.bytes = 0
         self._check_low_water()

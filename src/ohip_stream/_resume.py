@@ -44,6 +44,11 @@ class Verdict(enum.Enum):
     RESET = "reset"
 
 
+# Module names for the verdicts the hot path returns: an Enum member read off its class is a
+# slow attribute lookup on Python 3.11.
+_NEW, _GAP, _DUPLICATE, _RESET = Verdict.NEW, Verdict.GAP, Verdict.DUPLICATE, Verdict.RESET
+
+
 def _stored(uid: str) -> str:
     if len(uid) <= MAX_ID_CHARS:
         return uid
@@ -136,13 +141,13 @@ class Resume:
         key = uid if len(uid) <= MAX_ID_CHARS else _stored(uid)
         young = self._young
         if key in young or key in self._old:
-            return Verdict.DUPLICATE
+            return _DUPLICATE
         if number > self.last:
-            verdict = Verdict.GAP if self.lost else Verdict.NEW
+            verdict = _GAP if self.lost else _NEW
         elif number == self.last:
-            return Verdict.DUPLICATE
+            return _DUPLICATE
         else:
-            verdict = Verdict.RESET
+            verdict = _RESET
         young[key] = None
         if len(young) >= self.window:
             # the young generation is full: it becomes the old one, the old one is dropped

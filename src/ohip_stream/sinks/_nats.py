@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import redact
-from ohip_stream.sinks._checkpoints import SinkCheckpoints
+from ohip_stream.sinks._checkpoints import SinkCheckpoints, no_store
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class NatsSink:
             ``{event}``, ``{stream_id}`` (values made valid tokens: ``CHECK IN`` -> ``CHECK_IN``).
         checkpoints: The durable store of the stream's checkpoint (SQLite, PostgreSQL...),
             written after the broker acknowledged a batch. The caller closes it.
+            ``None`` only in a fleet (``Fleet(..., sink=...)``: its database keeps them).
         stream: The JetStream stream the messages must land in (the broker refuses a publish
             whose subject belongs to another stream); ``None``: whichever stream has the subject.
         create_stream: Create ``stream`` when it does not exist, on the template's subjects
@@ -116,7 +117,7 @@ class NatsSink:
         servers: str | Sequence[str] = "nats://127.0.0.1:4222",
         *,
         subject: str = "ohip.{chain}.{module}.{event}",
-        checkpoints: CheckpointStore,
+        checkpoints: CheckpointStore | None = None,
         stream: str | None = None,
         create_stream: bool = False,
         connection: Client | None = None,
@@ -160,7 +161,9 @@ class NatsSink:
         self._nc: Client | None = connection
         self._js: JetStreamContext | None = None
         self._lock = asyncio.Lock()
-        self._checkpoints = SinkCheckpoints(checkpoints)
+        self._checkpoints = SinkCheckpoints(
+            checkpoints if checkpoints is not None else no_store("NatsSink")
+        )
 
     @property
     def checkpoints(self) -> SinkCheckpoints:

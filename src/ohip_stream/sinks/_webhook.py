@@ -36,7 +36,7 @@ from tenacity import (
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import get_logger, redact, register_secret
-from ohip_stream.sinks._checkpoints import SinkCheckpoints
+from ohip_stream.sinks._checkpoints import SinkCheckpoints, no_store
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class WebhookSink:
             logs a WARNING: the events travel unencrypted).
         checkpoints: The durable store of the stream's checkpoint, written after a batch's
             events all got a 2xx (or were dead-lettered). The caller closes it.
+            ``None`` only in a fleet (``Fleet(..., sink=...)``: its database keeps them).
         secret: ``whsec_...``: sign each request (Standard Webhooks); ``None``: unsigned.
         on_dead_letter: ``(event, reason)``, sync or async, for an event refused (a 4xx) or
             still failing after ``max_attempts``; then the stream goes on. ``None``: the batch
@@ -117,7 +118,7 @@ class WebhookSink:
         self,
         url: str,
         *,
-        checkpoints: CheckpointStore,
+        checkpoints: CheckpointStore | None = None,
         secret: str | None = None,
         on_dead_letter: DeadLetter | None = None,
         on_delivered: Callable[[Event, int], None] | None = None,
@@ -169,7 +170,9 @@ class WebhookSink:
         self._client = http_client
         self._sleep = sleep
         self._clock = clock
-        self._checkpoints = SinkCheckpoints(checkpoints)
+        self._checkpoints = SinkCheckpoints(
+            checkpoints if checkpoints is not None else no_store("WebhookSink")
+        )
 
     @property
     def checkpoints(self) -> SinkCheckpoints:

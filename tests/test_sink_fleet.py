@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -258,3 +261,58 @@ async def test_the_fleet_refuses_a_sink_it_cannot_fence(dsn: str, tmp_path: Path
             Fleet(dsn, sink=pg)
     with pytest.raises(ConfigurationError, match="must be a sink"):
         Fleet(dsn, sink=object())  # type: ignore[arg-type]
+
+
+async def test_bridge_fleet_runs_its_streams_into_postgres_and_stops_on_sigterm(
+    emu: Emulator, dsn: str, tmp_path: Path
+) -> None:
+    for chain in ("CHA", "CHB"):
+        await emu.publish(3, chain_code=chain)
+    streams = tmp_path / "streams.toml"
+    lines = [
+        "[environments.emu]",
+        f'gateway_url = "{emu.gateway_url}"',
+        f'client_id = "{emu.client_id}"',
+        f'enterprise_id = "{emu.enterprise_id}"',
+        'app_key_env = "FLEET_APP_KEY"',
+        'client_secret_env = "FLEET_CLIENT_SECRET"',
+    ]
+    for chain in ("CHA", "CHB"):
+        lines += ["", "[[streams]]", 'environment = "emu"', f'chain_code = "{chain}"']
+    streams.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OHIP_")}
+    env.update(FLEET_APP_KEY=emu.app_key, FLEET_CLIENT_SECRET=emu.client_secret)
+    bridge = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "ohip_stream", "bridge", "postgres", "--fleet", dsn],
+        *["--streams", str(streams), "--lock-dir", str(tmp_path / "locks")],
+        *["--lease-time", "6", "--worker-id", "bridge-1", "--batch-size", "2"],
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+
+        async def delivered() -> bool:
+            found = await query(dsn, "SELECT to_regclass('ohip_events') IS NOT NULL")
+            if not found[0][0]:
+                return False
+            return (await query(dsn, "SELECT count(*) FROM ohip_events"))[0][0] == 6
+
+        await until(delivered, timeout=30)
+        bridge.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(bridge.communicate(), 30)
+    finally:
+        if bridge.returncode is None:
+            bridge.kill()
+            await bridge.wait()
+    text = err.decode()
+    assert bridge.returncode == 0, text
+    assert "bridge fleet" in text
+    assert emu.client_secret not in text
+    assert emu.app_key not in text
+    rows = await query(
+        dsn, "SELECT chain_code, last_offset FROM ohip_stream_checkpoints ORDER BY chain_code"
+    )
+    assert rows == [("CHA", "3"), ("CHB", "3")]
+    owners = await query(dsn, "SELECT owner FROM ohip_fleet_leases")
+    assert owners == [(None,), (None,)]  # released on SIGTERM

@@ -20,18 +20,12 @@ import binascii
 import hashlib
 import hmac
 import inspect
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
@@ -86,10 +80,6 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
-
-
-def _retriable(error: BaseException) -> bool:
-    return isinstance(error, (_Retry, httpx.TransportError))
 
 
 class WebhookSink:
@@ -163,7 +153,8 @@ class WebhookSink:
         self._on_dead_letter = on_dead_letter
         self._on_delivered = on_delivered
         self._max_attempts = max_attempts
-        self._wait = wait_random_exponential(multiplier=first_wait, max=max_wait)
+        self._first_wait = float(first_wait)
+        self._max_wait = float(max_wait)
         self._timeout = float(timeout)
         self._concurrency = concurrency
         self._owned = http_client is None
@@ -209,28 +200,34 @@ class WebhookSink:
             raise _Retry(f"HTTP {status}")
         raise _Refused(f"HTTP {status}")
 
+    def _backoff(self, attempt: int) -> float:
+        """The wait after a failed ``attempt``: full jitter under a ceiling that doubles from
+        ``first_wait`` up to ``max_wait`` (the receiver's recovery is not met by a herd)."""
+        ceiling = min(self._max_wait, self._first_wait * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
     async def _deliver_one(self, event: Event) -> None:
+        # The common case, a 2xx at the first attempt, costs one request and nothing more: the
+        # retry bookkeeping is a counter, not an object per event.
         body = event.model_dump_json(by_alias=True).encode()
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_retriable),
-            wait=self._wait,
-            stop=stop_after_attempt(self._max_attempts),
-            sleep=self._sleep,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._post(event, body)
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
-            reason = f"no 2xx after {self._max_attempts} attempts (last: {_describe(last)})"
-            await self._dead_letter(event, reason, unavailable=True)
-            return
-        except _Refused as exc:
-            await self._dead_letter(event, f"the endpoint refused it ({exc})", unavailable=False)
-            return
+        attempt = 1
+        while True:
+            try:
+                await self._post(event, body)
+                break
+            except _Refused as exc:
+                reason = f"the endpoint refused it ({exc})"
+                await self._dead_letter(event, reason, unavailable=False)
+                return
+            except (_Retry, httpx.TransportError) as exc:
+                if attempt >= self._max_attempts:
+                    reason = f"no 2xx after {attempt} attempts (last: {_describe(exc)})"
+                    await self._dead_letter(event, reason, unavailable=True)
+                    return
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
         if self._on_delivered is not None:
-            self._on_delivered(event, attempt.retry_state.attempt_number)
+            self._on_delivered(event, attempt)
 
     async def _dead_letter(self, event: Event, reason: str, *, unavailable: bool) -> None:
         offset = event.metadata.offset

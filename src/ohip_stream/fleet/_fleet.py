@@ -64,7 +64,7 @@ class Fleet:
             does), a list of :class:`StreamSpec`, or ``None`` to run what the database holds.
         handler: ``handler(stream: StreamSpec, event: Event)``, sync or async: per stream,
             events in order, one at a time, committed (in batches) after it returns.
-        sink: Instead of a handler, a sink: each commit delivers its events (``fleet._sink``).
+        sink: Instead of a handler, an ``ohip_stream.sinks`` sink: each commit delivers events.
         worker_id: This worker's name in the database (default: host, pid and a random part).
         lease_time: Seconds a lease lasts without renewal (failover takes about this long).
         renew_interval: Seconds between renewals (default a third of ``lease_time``).

@@ -85,43 +85,27 @@ class _EventSql:
             "event_offset NUMERIC(20, 0) NOT NULL, payload JSONB NOT NULL, "
             "delivered_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        # One statement per batch: the events travel as one array per column, in binary (no
-        # escaping of the JSON), and the server inserts them as a set. Plain text (the table
-        # name is checked and quoted): psycopg caches the conversion of a str query.
+        # One statement per batch, and each event sent once: its wire form (the JSON every
+        # other column but occurred_at is read from, by the server) and its parsed time, as two
+        # arrays in binary (no escaping of the JSON). Plain text (the table name is checked and
+        # quoted): psycopg caches the conversion of a str query.
         self.insert = (
             f"INSERT INTO {table} (unique_event_id, stream_id, chain_code, hotel_id, "
             "module_name, event_name, primary_key, event_timestamp, occurred_at, event_offset, "
-            "payload) SELECT u, %s, %s, h, m, n, k, t, o, f::numeric, p::jsonb FROM unnest("
-            "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], "
-            "%b::timestamptz[], %b::text[], %b::text[]) AS e(u, h, m, n, k, t, o, f, p) "
+            "payload) SELECT p->'metadata'->>'uniqueEventId', %s, %s, p->>'hotelId', "
+            "p->>'moduleName', p->>'eventName', p->>'primaryKey', p->>'timestamp', o, "
+            "(p->'metadata'->>'offset')::numeric, p FROM (SELECT j::jsonb AS p, o FROM "
+            "unnest(%b::text[], %b::timestamptz[]) AS e(j, o)) AS e "
             "ON CONFLICT (unique_event_id) DO NOTHING"
         )
         self.insert_returning = self.insert + " RETURNING unique_event_id"
 
 
-def _columns(events: Sequence[Event]) -> tuple[list[Any], ...]:
-    """The events' values, one list per column of the insert's arrays."""
-    ids: list[str] = []
-    hotels: list[str | None] = []
-    modules: list[str] = []
-    names: list[str] = []
-    keys: list[str] = []
-    stamps: list[str] = []
-    times: list[datetime | None] = []
-    offsets: list[str] = []
-    payloads: list[str] = []
-    for event in events:
-        metadata = event.metadata
-        ids.append(metadata.unique_event_id)
-        hotels.append(event.hotel_id)
-        modules.append(event.module_name)
-        names.append(event.event_name)
-        keys.append(event.primary_key)
-        stamps.append(event.timestamp)
-        times.append(_utc(event.occurred_at))
-        offsets.append(metadata.offset)
-        payloads.append(event.model_dump_json(by_alias=True))
-    return ids, hotels, modules, names, keys, stamps, times, offsets, payloads
+def _columns(events: Sequence[Event]) -> tuple[list[str], list[datetime | None]]:
+    """The events' wire forms and their parsed times: the insert's two arrays."""
+    payloads = [event.model_dump_json(by_alias=True) for event in events]
+    times = [_utc(event.occurred_at) for event in events]
+    return payloads, times
 
 
 class PostgresSink:

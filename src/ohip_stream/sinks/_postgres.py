@@ -87,15 +87,16 @@ class _EventSql:
         )
         # One statement per batch, and each event sent once: its wire form (the JSON every
         # other column but occurred_at is read from, by the server) and its parsed time, as two
-        # arrays in binary (no escaping of the JSON). Plain text (the table name is checked and
-        # quoted): psycopg caches the conversion of a str query.
+        # arrays in binary (no escaping of the JSON). OFFSET 0 keeps the subquery from being
+        # folded into the outer one, which would parse the JSON once per column read from it.
+        # Plain text (the table name is checked and quoted): psycopg caches its conversion.
         self.insert = (
             f"INSERT INTO {table} (unique_event_id, stream_id, chain_code, hotel_id, "
             "module_name, event_name, primary_key, event_timestamp, occurred_at, event_offset, "
             "payload) SELECT p->'metadata'->>'uniqueEventId', %s, %s, p->>'hotelId', "
             "p->>'moduleName', p->>'eventName', p->>'primaryKey', p->>'timestamp', o, "
             "(p->'metadata'->>'offset')::numeric, p FROM (SELECT j::jsonb AS p, o FROM "
-            "unnest(%b::text[], %b::timestamptz[]) AS e(j, o)) AS e "
+            "unnest(%b::text[], %b::timestamptz[]) AS e(j, o) OFFSET 0) AS e "
             "ON CONFLICT (unique_event_id) DO NOTHING"
         )
         self.insert_returning = self.insert + " RETURNING unique_event_id"

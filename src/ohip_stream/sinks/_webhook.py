@@ -142,6 +142,8 @@ class WebhookSink:
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
                 raise ConfigurationError(f"{name} must be above 0 seconds, got {number!r}")
         self.url = str(parsed)
+        # Parsed once: httpx would parse a string URL again at every request.
+        self._target = parsed
         if parsed.scheme == "http" and parsed.host not in _LOOPBACK:
             _log.warning(
                 "the webhook %s is plain http: events and signatures travel unencrypted "
@@ -190,9 +192,13 @@ class WebhookSink:
         return headers
 
     async def _post(self, event: Event, body: bytes) -> None:
-        response = await self._http().post(
-            self.url, content=body, headers=self.headers(event, body), timeout=self._timeout
-        )
+        headers = self.headers(event, body)
+        if self._owned:  # the sink's own client was made with the timeout
+            response = await self._http().post(self._target, content=body, headers=headers)
+        else:
+            response = await self._http().post(
+                self._target, content=body, headers=headers, timeout=self._timeout
+            )
         status = response.status_code
         if 200 <= status < 300:
             return

@@ -263,6 +263,7 @@ async def test_the_fleet_refuses_a_sink_it_cannot_fence(dsn: str, tmp_path: Path
         Fleet(dsn, sink=object())  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # a real process (seconds): with the slow tests, as the other CLI runs
 async def test_bridge_fleet_runs_its_streams_into_postgres_and_stops_on_sigterm(
     emu: Emulator, dsn: str, tmp_path: Path
 ) -> None:

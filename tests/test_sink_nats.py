@@ -11,7 +11,14 @@ import pytest
 
 from helpers.services import nats_url_or_skip
 from ohip_stream import Checkpoint, ConfigurationError, Event, MemoryCheckpointStore
-from ohip_stream.sinks import Batch, DeliveryError, NatsSink, deliver, subject_for
+from ohip_stream.sinks import (
+    Batch,
+    DeliveryError,
+    DeliveryUnavailableError,
+    NatsSink,
+    deliver,
+    subject_for,
+)
 from ohip_stream.testing import make_event
 
 
@@ -102,8 +109,25 @@ async def test_a_subject_no_stream_holds_is_a_delivery_error(jetstream: tuple[st
         url, subject="nowhere-" + name + ".{event}", checkpoints=MemoryCheckpointStore()
     )
     async with sink:
-        with pytest.raises(DeliveryError, match="NATS"):
+        with pytest.raises(DeliveryError, match="no JetStream stream holds") as caught:
             await sink.deliver(batch(1))
+    assert not isinstance(caught.value, DeliveryUnavailableError)
+
+
+async def test_a_publish_the_broker_refuses_fails_the_batch_for_good(
+    jetstream: tuple[str, str],
+) -> None:
+    url, name = jetstream
+    template = name.lower() + ".{event}"
+    async with NatsSink(url, subject=template, stream=name, create_stream=True) as sink:
+        await sink.deliver(batch(1))
+    # The subjects are the stream's, but the publishes expect another stream: refused.
+    wrong = NatsSink(url, subject=template, stream=name + "X", checkpoints=MemoryCheckpointStore())
+    async with wrong:
+        with pytest.raises(DeliveryError, match="refused") as caught:
+            await wrong.deliver(batch(2, 3))
+    assert not isinstance(caught.value, DeliveryUnavailableError)
+    assert len(await read_all(url, name)) == 1
 
 
 async def test_an_unreachable_broker_is_a_retriable_delivery_error() -> None:

@@ -3,6 +3,10 @@
 The sink is configured by flags or ``OHIP_SINK_*`` variables (the webhook's signing secret by
 the variable only: a flag would show it in the process list). SIGTERM and Ctrl-C stop it
 gracefully: the batch in flight is delivered, then the stream completes, drains and commits.
+
+With ``--fleet DATABASE`` the bridge is a fleet worker instead: it runs its share of the fleet's
+streams into the sink (``Fleet(..., sink=...)``), each commit of a stream delivering its events
+fenced by the lease's epoch; the PostgreSQL sink then writes to the fleet's database.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ class BridgeOptions:
     status: bool = True
     #: ``--metrics-port``: where to serve metrics and health checks (None: not served).
     metrics: tuple[str, int] | None = None
+    #: ``--fleet``: the fleet's database (None: one stream, from the connection flags).
+    fleet: str | None = None
+    streams_file: Path | None = None
+    worker_id: str | None = None
+    lease_time: float = 30.0
+    env_file: Path | None = None
+    lock_dir: Path | None = None
 
 
 def _dead_letter_writer(path: Path) -> Any:
@@ -78,20 +89,22 @@ def _dead_letter_writer(path: Path) -> Any:
 
 
 def _make_sink(options: BridgeOptions, settings: Any, stack: contextlib.ExitStack) -> Any:
+    """The sink; with ``--fleet`` (``settings`` None) its checkpoints are the fleet's."""
     from ohip_stream._checkpoints import SQLiteCheckpointStore
     from ohip_stream.sinks import NatsSink, PostgresSink, WebhookSink
 
     if options.sink is SinkKind.postgres:
-        if not options.postgres_dsn:
+        dsn = options.postgres_dsn or options.fleet
+        if not dsn:
             raise ConfigurationError(
                 "bridge postgres needs the database: set OHIP_SINK_POSTGRES_DSN "
                 "(postgresql://user@host:5432/db) or pass --postgres-dsn"
             )
-        return PostgresSink(
-            options.postgres_dsn, table=options.table, checkpoint_table=options.checkpoint_table
-        )
-    store = SQLiteCheckpointStore(checkpoint_path(options.checkpoint_db, settings))
-    stack.callback(store.close)
+        return PostgresSink(dsn, table=options.table, checkpoint_table=options.checkpoint_table)
+    store = None
+    if settings is not None:
+        store = SQLiteCheckpointStore(checkpoint_path(options.checkpoint_db, settings))
+        stack.callback(store.close)
     if options.sink is SinkKind.nats:
         return NatsSink(
             options.nats_url,
@@ -113,7 +126,59 @@ def _make_sink(options: BridgeOptions, settings: Any, stack: contextlib.ExitStac
     )
 
 
+async def _bridge_fleet(options: BridgeOptions) -> int:
+    """``--fleet``: this process is a fleet worker whose streams go into the sink."""
+    from ohip_stream._cli._fleet import _env
+    from ohip_stream._cli._metrics import serve_telemetry
+    from ohip_stream.fleet import Fleet
+
+    assert options.fleet is not None
+    env = _env(options.env_file)
+    telemetry = None
+    if options.metrics is not None:
+        from ohip_stream._telemetry import Telemetry
+
+        telemetry = Telemetry()
+    with contextlib.ExitStack() as stack:
+        sink = _make_sink(options, None, stack)
+        fleet = Fleet(
+            options.fleet,
+            sink=sink,
+            streams=options.streams_file,
+            worker_id=options.worker_id,
+            lease_time=options.lease_time,
+            commit_every=options.batch_size,
+            lock_dir=options.lock_dir,
+            env=env,
+            telemetry=telemetry,
+        )
+        async with sink, contextlib.AsyncExitStack() as running:
+            if telemetry is not None and options.metrics is not None:
+                port = await running.enter_async_context(
+                    serve_telemetry(telemetry, options.metrics)
+                )
+                if options.status:
+                    sys.stderr.write(
+                        f"{PROG}: metrics on http://{options.metrics[0]}:{port}/metrics\n"
+                    )
+            await running.enter_async_context(fleet)
+            fleet.install_signal_handlers()
+            if options.status:
+                sys.stderr.write(f"{PROG}: bridge fleet {fleet.store.where} -> {sink!r}\n")
+                sys.stderr.flush()
+            await fleet.run()
+        if options.status:
+            stats = fleet.stats
+            sys.stderr.write(
+                f"{PROG}: fleet worker {fleet.worker_id} left ({stats.claims} claims, "
+                f"{stats.releases} releases, {stats.self_fenced} fenced)\n"
+            )
+    return 0
+
+
 async def _bridge(options: BridgeOptions) -> int:
+    if options.fleet is not None:
+        return await _bridge_fleet(options)
     from ohip_stream._cli._consume import _Signals
     from ohip_stream._cli._metrics import serve_metrics
     from ohip_stream.sinks import deliver
@@ -208,6 +273,23 @@ def bridge(
     batch_size: Annotated[
         int, _opt("--batch-size", "OHIP_SINK_BATCH_SIZE", "most events per delivery")
     ] = 100,
+    fleet: Annotated[
+        str | None,
+        _opt(
+            "--fleet",
+            "OHIP_SINK_FLEET",
+            "run as a worker of the fleet in this database (postgresql://... or sqlite:///...) "
+            "instead of one stream; postgres writes to this database unless --postgres-dsn",
+        ),
+    ] = None,
+    streams_file: Annotated[
+        Path | None,
+        typer.Option("--streams", help="--fleet: sync this streams file first.", dir_okay=False),
+    ] = None,
+    worker_id: Annotated[str | None, typer.Option("--worker-id", help="--fleet: its name.")] = None,
+    lease_time: Annotated[
+        float, typer.Option("--lease-time", help="--fleet: lease seconds.")
+    ] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status lines.")] = False,
     metrics_port: MetricsPort = None,
     verbose: Verbose = 0,
@@ -218,6 +300,11 @@ def bridge(
 
     NATS and webhook keep the checkpoint in the SQLite file (--checkpoint-db); PostgreSQL in
     its checkpoints table. Ctrl-C (exit 130) or SIGTERM (exit 0) stops gracefully.
+
+    With --fleet DATABASE this process is a fleet worker: its streams (from the database, or
+    --streams) go into the sink, the checkpoints stay in the fleet's database, and each
+    delivery is fenced by the lease's epoch. The connection flags are then not used: the
+    streams file names the secrets' variables (--env-file adds a .env file).
     """
     note_verbose(verbose)
     from ohip_stream._cli._consume import ConnectionFlags
@@ -251,6 +338,12 @@ def bridge(
             batch_size=batch_size,
             status=not quiet,
             metrics=check_listen(metrics_port),
+            fleet=fleet,
+            streams_file=streams_file,
+            worker_id=worker_id,
+            lease_time=lease_time,
+            env_file=env_file,
+            lock_dir=lock_dir,
         )
     )
     raise typer.Exit(code)

@@ -38,8 +38,10 @@ from ohip_stream.fleet._fenced import FencedCheckpointStore
 from ohip_stream.fleet._file import load_streams_file
 from ohip_stream.fleet._model import Lease, StreamSpec
 from ohip_stream.fleet._runner import Handler, Owned, StreamFactory, consume
+from ohip_stream.fleet._sink import sink_or_handler
 from ohip_stream.fleet._stats import FleetStats
 from ohip_stream.fleet._store import LeaseStore, open_lease_store
+from ohip_stream.sinks._protocol import Sink
 
 __all__ = ["Fleet"]
 
@@ -62,6 +64,7 @@ class Fleet:
             does), a list of :class:`StreamSpec`, or ``None`` to run what the database holds.
         handler: ``handler(stream: StreamSpec, event: Event)``, sync or async: per stream,
             events in order, one at a time, committed (in batches) after it returns.
+        sink: Instead of a handler, an ``ohip_stream.sinks`` sink: each commit delivers events.
         worker_id: This worker's name in the database (default: host, pid and a random part).
         lease_time: Seconds a lease lasts without renewal (failover takes about this long).
         renew_interval: Seconds between renewals (default a third of ``lease_time``).
@@ -88,7 +91,8 @@ class Fleet:
         self,
         database_url: str | LeaseStore,
         *,
-        handler: Handler,
+        handler: Handler | None = None,
+        sink: Sink | None = None,
         streams: str | Path | Sequence[StreamSpec] | None = None,
         worker_id: str | None = None,
         lease_time: float = 30.0,
@@ -112,7 +116,7 @@ class Fleet:
         telemetry: Any = None,
     ) -> None:
         install_redaction()
-        if not callable(handler):
+        if sink is None and not callable(handler):
             raise ConfigurationError("handler must be a function handler(stream, event)")
         if assignment not in ("balanced", "greedy"):
             raise ConfigurationError(
@@ -133,7 +137,7 @@ class Fleet:
             open_lease_store(database_url) if isinstance(database_url, str) else database_url
         )
         self._owns_store = isinstance(database_url, str)
-        self.handler = handler
+        self._sinks, self.handler = sink_or_handler(sink, self.store, handler)
         self._streams_source = streams
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.balanced = assignment == "balanced"
@@ -397,7 +401,7 @@ class Fleet:
         owned = Owned(
             spec=spec,
             epoch=lease.epoch,
-            checkpoints=FencedCheckpointStore(
+            checkpoints=(self._sinks.store_for if self._sinks else FencedCheckpointStore)(
                 self.store, spec.name, lease.epoch, on_stale=on_stale
             ),
             fence_at=began + remaining - self.safety_margin,

@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ohip_stream._checkpoints import Checkpoint, CheckpointStore
-from ohip_stream._exceptions import ConfigurationError
+from ohip_stream._exceptions import CheckpointError, ConfigurationError
 
 if TYPE_CHECKING:
     from ohip_stream.sinks._protocol import Batch
 
-__all__ = ["SinkCheckpoints"]
+__all__ = ["SinkCheckpoints", "no_store"]
 
 
 class SinkCheckpoints:
@@ -128,3 +128,31 @@ class SinkCheckpoints:
 
     def __repr__(self) -> str:
         return f"SinkCheckpoints({self.store!r})"
+
+
+class _NoStore:
+    """The store of a sink made without one: enough in a fleet (the fleet's database keeps the
+    checkpoints), refused by a stream."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def _refuse(self) -> CheckpointError:
+        return CheckpointError(
+            f"{self.owner} was made without checkpoints=: give it a checkpoint store (such as "
+            "SQLiteCheckpointStore) to run a stream into it; only a fleet needs none"
+        )
+
+    async def load(self, stream_id: str) -> Checkpoint | None:
+        raise self._refuse()
+
+    async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
+        raise self._refuse()
+
+    def __repr__(self) -> str:
+        return "no checkpoint store"
+
+
+def no_store(owner: str) -> CheckpointStore:
+    """A store that refuses every use, naming ``owner`` (a sink used only in a fleet)."""
+    return _NoStore(owner)

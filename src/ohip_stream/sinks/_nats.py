@@ -5,11 +5,19 @@ JetStream drops a message whose ``Nats-Msg-Id`` it stored within the stream's du
 once as long as the restart comes within the window. The checkpoint is written only after the
 broker acknowledged every event of the batch (the acks are awaited together: the publishes are
 pipelined, not one round trip each).
+
+The acks are JetStream's wire protocol: each publish names a reply subject and the server
+answers there with a small JSON document (``{"stream": ..., "seq": ...}``, or ``{"error":
+...}``). A batch's publishes share one reply subject and the batch waits for one future that
+the last ack completes: per event, one publish and one counted answer, with no future, no
+unique inbox and no parsed document of its own (an error's document is parsed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import re
 import string
 from collections.abc import Sequence
@@ -19,7 +27,7 @@ from urllib.parse import urlsplit
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import redact
-from ohip_stream.sinks._checkpoints import SinkCheckpoints
+from ohip_stream.sinks._checkpoints import SinkCheckpoints, no_store
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError
 
 if TYPE_CHECKING:
@@ -101,6 +109,7 @@ class NatsSink:
             ``{event}``, ``{stream_id}`` (values made valid tokens: ``CHECK IN`` -> ``CHECK_IN``).
         checkpoints: The durable store of the stream's checkpoint (SQLite, PostgreSQL...),
             written after the broker acknowledged a batch. The caller closes it.
+            ``None`` only in a fleet (``Fleet(..., sink=...)``: its database keeps them).
         stream: The JetStream stream the messages must land in (the broker refuses a publish
             whose subject belongs to another stream); ``None``: whichever stream has the subject.
         create_stream: Create ``stream`` when it does not exist, on the template's subjects
@@ -116,7 +125,7 @@ class NatsSink:
         servers: str | Sequence[str] = "nats://127.0.0.1:4222",
         *,
         subject: str = "ohip.{chain}.{module}.{event}",
-        checkpoints: CheckpointStore,
+        checkpoints: CheckpointStore | None = None,
         stream: str | None = None,
         create_stream: bool = False,
         connection: Client | None = None,
@@ -160,7 +169,13 @@ class NatsSink:
         self._nc: Client | None = connection
         self._js: JetStreamContext | None = None
         self._lock = asyncio.Lock()
-        self._checkpoints = SinkCheckpoints(checkpoints)
+        self._inbox = ""
+        self._acks_sub: Any = None
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, _Acks] = {}
+        self._checkpoints = SinkCheckpoints(
+            checkpoints if checkpoints is not None else no_store("NatsSink")
+        )
 
     @property
     def checkpoints(self) -> SinkCheckpoints:
@@ -186,6 +201,8 @@ class NatsSink:
                 js = self._nc.jetstream(timeout=self._ack_timeout)
                 if self._create_stream:
                     await self._ensure_stream(js)
+                self._inbox = self._nc.new_inbox()
+                self._acks_sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
             except Exception as exc:
                 raise self._failure("connect to", exc) from exc
             self._js = js
@@ -213,30 +230,95 @@ class NatsSink:
 
     async def deliver(self, batch: Batch) -> None:
         """Publish every event (pipelined), then wait for all the broker's acks."""
-        await self.open()
-        js = self._js
-        assert js is not None
+        if self._js is None:
+            await self.open()
+        nc = self._nc
+        assert nc is not None
+        events = batch.events
+        if not events:
+            return
+        token = str(next(self._tokens))
+        reply = f"{self._inbox}.{token}"
+        waiter = _Acks(len(events), asyncio.get_running_loop().create_future())
+        self._waiting[token] = waiter
+        template, chain, stream_id, stream = (
+            self.subject,
+            batch.chain_code,
+            batch.stream_id,
+            self.stream,
+        )
         try:
-            acks = [
-                await js.publish_async(
-                    subject_for(self.subject, event, batch.chain_code, batch.stream_id),
+            for event in events:
+                headers = {"Nats-Msg-Id": event.metadata.unique_event_id}
+                if stream is not None:
+                    headers["Nats-Expected-Stream"] = stream
+                await nc.publish(
+                    subject_for(template, event, chain, stream_id),
                     event.model_dump_json(by_alias=True).encode(),
-                    stream=self.stream,
-                    headers={"Nats-Msg-Id": event.metadata.unique_event_id},
+                    reply=reply,
+                    headers=headers,
                 )
-                for event in batch.events
-            ]
-            await asyncio.wait_for(asyncio.gather(*acks), self._ack_timeout)
+            await asyncio.wait_for(waiter.future, self._ack_timeout)
         except asyncio.CancelledError:
             raise
+        except DeliveryError:
+            raise
+        except asyncio.TimeoutError as exc:
+            raise DeliveryUnavailableError(
+                f"cannot publish to {self.where}: {waiter.left} of {len(events)} acks did not "
+                f"come within {self._ack_timeout:g} s; check the server is up and has "
+                "JetStream on"
+            ) from exc
         except Exception as exc:
             raise self._failure("publish to", exc) from exc
+        finally:
+            self._waiting.pop(token, None)
+
+    async def _on_ack(self, msg: Any) -> None:
+        """One answer of the broker to a publish: counted, or the batch fails."""
+        waiter = self._waiting.get(msg.subject.rpartition(".")[2])
+        if waiter is None or waiter.future.done():
+            return
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":
+            waiter.future.set_exception(
+                DeliveryError(
+                    f"cannot publish to {self.where}: no JetStream stream holds the subjects "
+                    f"of the template {self.subject!r}: create the stream or "
+                    "change the template"
+                )
+            )
+            return
+        data = msg.data
+        if b'"error"' in data:
+            waiter.future.set_exception(self._refusal(data))
+            return
+        waiter.left -= 1
+        if waiter.left == 0:
+            waiter.future.set_result(None)
+
+    def _refusal(self, data: bytes) -> DeliveryError:
+        try:
+            error = json.loads(data).get("error") or {}
+        except (ValueError, AttributeError):
+            error = {}
+        code = error.get("code") if isinstance(error, dict) else None
+        text = redact(str(error.get("description", "")) if isinstance(error, dict) else "")
+        detail = f"{text or 'an error'} (code {code})"
+        if code == 503:
+            return DeliveryUnavailableError(
+                f"cannot publish to {self.where}: the broker cannot store now: {detail}"
+            )
+        return DeliveryError(f"cannot publish to {self.where}: the broker refused: {detail}")
 
     async def aclose(self) -> None:
         """Close the sink's own connection (a caller's stays open); idempotent."""
         nc, self._nc, self._js = self._nc, None if self._owned else self._nc, None
+        sub, self._acks_sub = self._acks_sub, None
         if self._owned and nc is not None and not nc.is_closed:
             await nc.close()
+        elif sub is not None and nc is not None and not nc.is_closed:
+            await sub.unsubscribe()
 
     async def __aenter__(self) -> NatsSink:
         await self.open()
@@ -247,6 +329,17 @@ class NatsSink:
 
     def __repr__(self) -> str:
         return f"NatsSink({self.where!r}, subject={self.subject!r})"
+
+
+class _Acks:
+    """The acks a batch waits for: how many are still to come, and the future the last one
+    completes (or the first error fails)."""
+
+    __slots__ = ("future", "left")
+
+    def __init__(self, count: int, future: asyncio.Future[None]) -> None:
+        self.left = count
+        self.future = future
 
 
 def _unavailable_api_errors() -> tuple[type[Any], ...]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,7 @@ from ohip_stream.sinks._checkpoints import SinkCheckpoints
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection, AsyncCursor
+    from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
     from ohip_stream._models import Event
@@ -84,15 +85,28 @@ class _EventSql:
             "event_offset NUMERIC(20, 0) NOT NULL, payload JSONB NOT NULL, "
             "delivered_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        # Plain text (the table name is checked and quoted): psycopg caches the conversion of a
-        # str query, and executemany() pipelines the rows (one round trip per batch).
+        # One statement per batch, and each event sent once: its wire form (the JSON every
+        # other column but occurred_at is read from, by the server) and its parsed time, as two
+        # arrays in binary (no escaping of the JSON). OFFSET 0 keeps the subquery from being
+        # folded into the outer one, which would parse the JSON once per column read from it.
+        # Plain text (the table name is checked and quoted): psycopg caches its conversion.
         self.insert = (
             f"INSERT INTO {table} (unique_event_id, stream_id, chain_code, hotel_id, "
             "module_name, event_name, primary_key, event_timestamp, occurred_at, event_offset, "
-            "payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+            "payload) SELECT p->'metadata'->>'uniqueEventId', %s, %s, p->>'hotelId', "
+            "p->>'moduleName', p->>'eventName', p->>'primaryKey', p->>'timestamp', o, "
+            "(p->'metadata'->>'offset')::numeric, p FROM (SELECT j::jsonb AS p, o FROM "
+            "unnest(%b::text[], %b::timestamptz[]) AS e(j, o) OFFSET 0) AS e "
             "ON CONFLICT (unique_event_id) DO NOTHING"
         )
         self.insert_returning = self.insert + " RETURNING unique_event_id"
+
+
+def _columns(events: Sequence[Event]) -> tuple[list[str], list[datetime | None]]:
+    """The events' wire forms and their parsed times: the insert's two arrays."""
+    payloads = [event.model_dump_json(by_alias=True) for event in events]
+    times = [_utc(event.occurred_at) for event in events]
+    return payloads, times
 
 
 class PostgresSink:
@@ -136,6 +150,7 @@ class PostgresSink:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ConfigurationError(f"timeout must be above 0 seconds, got {timeout!r}")
         self.table = table
+        self.checkpoint_table = checkpoint_table
         self._events_sql = _EventSql(quoted_table(table))
         self._checkpoint_upsert = Statements(quoted_table(checkpoint_table)).upsert.as_string()
         self._checkpoint_create = Statements(quoted_table(checkpoint_table)).create
@@ -193,8 +208,10 @@ class PostgresSink:
 
     async def deliver(self, batch: Batch) -> None:
         """Insert the batch's new events, run ``on_batch``, write the checkpoint: one
-        transaction, retried (it rolled back) while the failure is transient."""
-        await self.open()
+        transaction (sent in one round trip unless a fence or ``on_batch`` must see a result
+        first), retried (it rolled back) while the failure is transient."""
+        if not self._ready:
+            await self.open()
 
         async def write(conn: AsyncConnection[Any]) -> None:
             await self._write(conn, batch)
@@ -204,28 +221,16 @@ class PostgresSink:
     async def _write(self, conn: AsyncConnection[Any], batch: Batch) -> None:
         if self._fence is not None:
             await self._fence(conn, batch.stream_id)
+        if batch.fence is not None:
+            await batch.fence(conn)
         events = batch.events
-        rows = [
-            (
-                event.metadata.unique_event_id,
-                batch.stream_id,
-                batch.chain_code,
-                event.hotel_id,
-                event.module_name,
-                event.event_name,
-                event.primary_key,
-                event.timestamp,
-                _utc(event.occurred_at),
-                event.metadata.offset,
-                event.model_dump_json(by_alias=True),
-            )
-            for event in events
-        ]
-        async with conn.cursor() as cursor:
+        if events:
+            params = (batch.stream_id, batch.chain_code, *_columns(events))
             if self._on_batch is None:
-                await cursor.executemany(self._events_sql.insert, rows)
+                await conn.execute(self._events_sql.insert, params)
             else:
-                inserted = await self._inserted(cursor, rows)
+                cursor = await conn.execute(self._events_sql.insert_returning, params)
+                inserted = {row[0] for row in await cursor.fetchall()}
                 new = [e for e in events if e.metadata.unique_event_id in inserted]
                 if new:
                     await self._on_batch(conn, new)
@@ -237,23 +242,11 @@ class PostgresSink:
                 cp.offset,
                 cp.unique_event_id,
                 cp.completed_at,
-                datetime.now(timezone.utc).timestamp(),
+                time.time(),
                 cp.gateway_host,
                 cp.chain_code,
             ),
         )
-
-    async def _inserted(self, cursor: AsyncCursor[Any], rows: list[tuple[Any, ...]]) -> set[str]:
-        """Insert the rows; the ids of those that were new (one result per row: the row's id,
-        or nothing when it was in the table already)."""
-        await cursor.executemany(self._events_sql.insert_returning, rows, returning=True)
-        inserted: set[str] = set()
-        while True:
-            found = await cursor.fetchone()
-            if found is not None:
-                inserted.add(found[0])
-            if not cursor.nextset():
-                return inserted
 
     async def _transaction(
         self, action: str, op: Callable[[AsyncConnection[Any]], Awaitable[None]]
@@ -263,8 +256,11 @@ class PostgresSink:
 
         for attempt in range(1, _ATTEMPTS + 1):
             try:
+                # Pipeline mode: BEGIN, the statements and COMMIT go out together; a result
+                # asked for (a fence's check, the ids for on_batch) flushes what is queued.
                 async with (
                     self._pool.connection(timeout=self._timeout) as conn,
+                    conn.pipeline(),
                     conn.transaction(),
                 ):
                     await op(conn)

@@ -17,9 +17,9 @@ event. The guarantee rests on two rules, split between the sink and the runner
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ohip_stream._exceptions import OhipError
 
@@ -50,12 +50,20 @@ class Batch:
     ``checkpoint`` is what the stream's store holds once the batch is delivered: the last
     event's offset and unique id, with the stream's last completion time (``completed_at``)
     kept, so a transactional sink can write it beside the events.
+
+    ``fence`` is set when the batch comes from a fleet's stream whose checkpoint the sink
+    writes itself: ``await fence(conn)`` with the sink's connection, first in its transaction,
+    checks that the fleet's lease still has the epoch the batch was read under (and holds the
+    lease row against a new owner until the commit); it raises
+    :class:`~ohip_stream.fleet.StaleEpochError` when it does not, and the transaction must
+    then roll back.
     """
 
     stream_id: str
     chain_code: str
     events: Sequence[Event]
     checkpoint: Checkpoint
+    fence: Callable[[Any], Awaitable[None]] | None = None
 
 
 @runtime_checkable
@@ -70,7 +78,8 @@ class Sink(Protocol):
     could not; it must tolerate receiving, after a crash, events it already delivered (rule 2
     of this module). When ``checkpoints.sink_writes_offset`` is true, ``deliver`` also writes
     ``batch.checkpoint`` to the store, in the same transaction as the events; otherwise the
-    runner writes it after ``deliver`` returns.
+    runner writes it after ``deliver`` returns. Such a sink runs ``batch.fence`` (when set)
+    first in that transaction.
     """
 
     @property

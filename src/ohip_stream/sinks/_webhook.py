@@ -20,23 +20,17 @@ import binascii
 import hashlib
 import hmac
 import inspect
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from ohip_stream._checkpoints import CheckpointStore
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import get_logger, redact, register_secret
-from ohip_stream.sinks._checkpoints import SinkCheckpoints
+from ohip_stream.sinks._checkpoints import SinkCheckpoints, no_store
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError
 
 if TYPE_CHECKING:
@@ -88,10 +82,6 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def _retriable(error: BaseException) -> bool:
-    return isinstance(error, (_Retry, httpx.TransportError))
-
-
 class WebhookSink:
     """Events POSTed to an HTTP endpoint, one effect per event through its idempotency key.
 
@@ -100,6 +90,7 @@ class WebhookSink:
             logs a WARNING: the events travel unencrypted).
         checkpoints: The durable store of the stream's checkpoint, written after a batch's
             events all got a 2xx (or were dead-lettered). The caller closes it.
+            ``None`` only in a fleet (``Fleet(..., sink=...)``: its database keeps them).
         secret: ``whsec_...``: sign each request (Standard Webhooks); ``None``: unsigned.
         on_dead_letter: ``(event, reason)``, sync or async, for an event refused (a 4xx) or
             still failing after ``max_attempts``; then the stream goes on. ``None``: the batch
@@ -117,7 +108,7 @@ class WebhookSink:
         self,
         url: str,
         *,
-        checkpoints: CheckpointStore,
+        checkpoints: CheckpointStore | None = None,
         secret: str | None = None,
         on_dead_letter: DeadLetter | None = None,
         on_delivered: Callable[[Event, int], None] | None = None,
@@ -151,6 +142,8 @@ class WebhookSink:
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
                 raise ConfigurationError(f"{name} must be above 0 seconds, got {number!r}")
         self.url = str(parsed)
+        # Parsed once: httpx would parse a string URL again at every request.
+        self._target = parsed
         if parsed.scheme == "http" and parsed.host not in _LOOPBACK:
             _log.warning(
                 "the webhook %s is plain http: events and signatures travel unencrypted "
@@ -162,14 +155,17 @@ class WebhookSink:
         self._on_dead_letter = on_dead_letter
         self._on_delivered = on_delivered
         self._max_attempts = max_attempts
-        self._wait = wait_random_exponential(multiplier=first_wait, max=max_wait)
+        self._first_wait = float(first_wait)
+        self._max_wait = float(max_wait)
         self._timeout = float(timeout)
         self._concurrency = concurrency
         self._owned = http_client is None
         self._client = http_client
         self._sleep = sleep
         self._clock = clock
-        self._checkpoints = SinkCheckpoints(checkpoints)
+        self._checkpoints = SinkCheckpoints(
+            checkpoints if checkpoints is not None else no_store("WebhookSink")
+        )
 
     @property
     def checkpoints(self) -> SinkCheckpoints:
@@ -196,9 +192,13 @@ class WebhookSink:
         return headers
 
     async def _post(self, event: Event, body: bytes) -> None:
-        response = await self._http().post(
-            self.url, content=body, headers=self.headers(event, body), timeout=self._timeout
-        )
+        headers = self.headers(event, body)
+        if self._owned:  # the sink's own client was made with the timeout
+            response = await self._http().post(self._target, content=body, headers=headers)
+        else:
+            response = await self._http().post(
+                self._target, content=body, headers=headers, timeout=self._timeout
+            )
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -206,28 +206,34 @@ class WebhookSink:
             raise _Retry(f"HTTP {status}")
         raise _Refused(f"HTTP {status}")
 
+    def _backoff(self, attempt: int) -> float:
+        """The wait after a failed ``attempt``: full jitter under a ceiling that doubles from
+        ``first_wait`` up to ``max_wait`` (the receiver's recovery is not met by a herd)."""
+        ceiling = min(self._max_wait, self._first_wait * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
     async def _deliver_one(self, event: Event) -> None:
+        # The common case, a 2xx at the first attempt, costs one request and nothing more: the
+        # retry bookkeeping is a counter, not an object per event.
         body = event.model_dump_json(by_alias=True).encode()
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_retriable),
-            wait=self._wait,
-            stop=stop_after_attempt(self._max_attempts),
-            sleep=self._sleep,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._post(event, body)
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
-            reason = f"no 2xx after {self._max_attempts} attempts (last: {_describe(last)})"
-            await self._dead_letter(event, reason, unavailable=True)
-            return
-        except _Refused as exc:
-            await self._dead_letter(event, f"the endpoint refused it ({exc})", unavailable=False)
-            return
+        attempt = 1
+        while True:
+            try:
+                await self._post(event, body)
+                break
+            except _Refused as exc:
+                reason = f"the endpoint refused it ({exc})"
+                await self._dead_letter(event, reason, unavailable=False)
+                return
+            except (_Retry, httpx.TransportError) as exc:
+                if attempt >= self._max_attempts:
+                    reason = f"no 2xx after {attempt} attempts (last: {_describe(exc)})"
+                    await self._dead_letter(event, reason, unavailable=True)
+                    return
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
         if self._on_delivered is not None:
-            self._on_delivered(event, attempt.retry_state.attempt_number)
+            self._on_delivered(event, attempt)
 
     async def _dead_letter(self, event: Event, reason: str, *, unavailable: bool) -> None:
         offset = event.metadata.offset

@@ -6,7 +6,7 @@ One worker (one process) runs a control loop and one task per stream it owns::
         time to the lease's expiry minus the safety margin); release the leases of streams that
         ended; plan (balanced or greedy, see _assign); hand over the surplus (the stream
         completes, drains, commits, then the lease is released); claim free streams and start
-        them (each start paced through the fleet's upgrade budget)
+        them (each upgrade, start or not, takes a slot in the fleet's upgrade budget)
     watchdog, every margin / 4: a stream past its fence time stops itself (self-fencing): it is
         cancelled, which completes the subscription, and aborted if that takes longer than
         margin / 2, so that the next owner never meets a live connection
@@ -410,6 +410,7 @@ class Fleet:
                 handler=self.handler,
                 slots=self._slots,
                 rng=self._rng,
+                stats=self.stats,
             ),
             name=f"ohip-fleet-{spec.name}",
         )

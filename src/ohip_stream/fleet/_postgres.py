@@ -397,13 +397,6 @@ class PostgresLeaseStore:
 
         return await self._run(op)
 
-    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
-        await self._fetchall(
-            f"UPDATE ohip_fleet_upgrades SET at = {_NOW} WHERE key_id = %s AND holder = %s "
-            "RETURNING key_id",
-            (key_id, holder),
-        )
-
     async def aclose(self) -> None:
         self._closed = True
         pool, self._pool = self._pool, None

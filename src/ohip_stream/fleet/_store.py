@@ -106,10 +106,6 @@ class LeaseStore(Protocol):
         the last ``window`` seconds and return 0; else record nothing and return the seconds
         to wait."""
 
-    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
-        """The holder's upgrade happened (now): its record moves to now, so that the window
-        counts from the real upgrade, never from the moment the slot was taken."""
-
     async def aclose(self) -> None:
         """Close the connections; idempotent."""
 

@@ -242,10 +242,13 @@ async def test_the_upgrade_gate_is_awaited_before_every_upgrade(
     # one pass through the gate, and the gate comes after the gap (it is the last wait).
     clock = FakeClock()
     passes: list[float] = []
+    told: list[int] = []
 
-    async def gate() -> None:
+    async def gate() -> Any:
         await clock.sleep(0.5)  # a shared budget that makes the stream wait a little
         passes.append(clock.monotonic())
+        # Called when the upgrade request leaves (what the gate returns, if callable).
+        return lambda: told.append(len(passes))
 
     def stop(session: ScriptedSession) -> Ended:
         session.life.to(StreamState.STOPPING)
@@ -258,6 +261,7 @@ async def test_the_upgrade_gate_is_awaited_before_every_upgrade(
     await _run_until_done(clock, asyncio.ensure_future(connector.run()), 60)
     upgrades = [at for what, at in log if what == "upgrade"]
     assert len(passes) == len(upgrades) == 3
+    assert told == [1, 2, 3]  # each upgrade told its own gate's pass, once
     assert all(p <= u for p, u in zip(passes, upgrades, strict=True))
     assert all(u < p for u, p in zip(upgrades, passes[1:], strict=False))
     # The rotation's gap (10 s) was waited before the gate, not after it.

@@ -5,12 +5,18 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+import random
 from pathlib import Path
 
 import pytest
 
 from helpers.fleet_db import database_url
 from helpers.streams import FAST_TIMINGS
+from ohip_stream.fleet import FleetStats, LeaseStoreUnavailableError
+from ohip_stream.fleet._runner import BudgetGate
 from ohip_stream.testing import Emulator
 from test_fleet import CHAINS, GAP, Handled, fleet_for, publish_all, running
 from test_fleet import specs_for as specs
@@ -59,3 +65,61 @@ async def test_reconnects_and_rotations_take_the_fleets_budget_and_meet_no_429(
     assert fleet.stats.upgrades == statuses.count(101) >= 4 * len(CHAINS)
     assert fleet.stats.budget_errors == 0
     assert emu.overlapping_subscriptions() == []
+
+
+class FailingBudget:
+    """A store whose budget table cannot be read ``failures`` times, then has room."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+        self.confirmed: list[str] = []
+
+    async def take_upgrade(self, key_id: str, count: int, window: float, holder: str = "") -> float:
+        self.calls.append(asyncio.get_running_loop().time())
+        if len(self.calls) <= self.failures:
+            raise LeaseStoreUnavailableError("the fleet database cannot be reached: cut")
+        return 0.0
+
+    async def confirm_upgrade(self, key_id: str, holder: str, ago: float = 0.0) -> None:
+        self.confirmed.append(holder)
+
+
+async def test_a_database_error_in_the_gate_backs_off_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FailingBudget(failures=3)
+    stats = FleetStats()
+    gate = BudgetGate(
+        store,  # type: ignore[arg-type]
+        "key",
+        (150, 120.0),
+        rng=random.Random(1),
+        holder="emu:CHA#1",
+        stats=stats,
+    )
+    with caplog.at_level(logging.WARNING, logger="ohip_stream.fleet"):
+        upgraded = await asyncio.wait_for(gate(), 5)
+    # When the upgrade request leaves, the slot's record moves to that moment.
+    upgraded()
+    await asyncio.sleep(0.01)
+    assert store.confirmed == ["emu:CHA#1#1"]
+    # Asked again after 0.2, 0.4 and 0.8 s (plus jitter): a pause that grows, never a spin.
+    pauses = [b - a for a, b in itertools.pairwise(store.calls)]
+    assert len(store.calls) == 4
+    assert all(p >= 0.2 * 2**i - 0.01 for i, p in enumerate(pauses)), pauses
+    assert (stats.budget_errors, stats.upgrades, gate.taken) == (3, 1, 1)
+    warnings = [r.getMessage() for r in caplog.records if "upgrade budget" in r.getMessage()]
+    assert len(warnings) == 3
+    assert "emu:CHA#1" in warnings[0]
+
+
+async def test_a_wait_in_the_gate_ends_when_it_is_cancelled() -> None:
+    store = FailingBudget(failures=1_000)
+    gate = BudgetGate(store, "key", (150, 120.0), rng=random.Random(1), holder="h")  # type: ignore[arg-type]
+    task = asyncio.ensure_future(gate())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(store.calls) == 1

@@ -44,7 +44,9 @@ InvalidHandler = Callable[[str, Exception], Awaitable[None] | None]
 """A dead-letter callback: receives the raw frame and the validation error (sync or async)."""
 
 UpgradeGate = Callable[[], Awaitable[object]]
-"""Awaited before each WebSocket upgrade of a stream; the upgrade waits until it returns."""
+"""Awaited before each WebSocket upgrade of a stream; the upgrade waits until it returns. If it
+returns a function, that function is called (without arguments) when the upgrade request
+leaves: the moment the gateway's count of the upgrade starts."""
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: The buffer between the socket and the caller holds at most this many bytes of frames (and

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ohip_stream._budget import UpgradeBudget, rate_limited_wait, shared_budget
@@ -91,6 +92,8 @@ class Connector:
         self._failure_offset: int | None = None
         self._first_contact_failures = 0
         self._nap: asyncio.Future[None] | None = None
+        # What the upgrade gate handed back, called when the next upgrade request leaves.
+        self._upgraded: Callable[[], object] | None = None
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -207,11 +210,26 @@ class Connector:
             raise TransportError(
                 f"the upgrade gate failed: {type(error).__name__}: {redact(str(error))}"
             ) from error
+        if not passing.cancelled():
+            # The gate may hand back a function to call when the upgrade request leaves.
+            result = passing.result()
+            self._upgraded = result if callable(result) else None
 
     def _record_upgrade(self) -> None:
         self.budget.record(self.clock.monotonic())
         if self.guard is not None:
             self.guard.record_upgrade(self.clock.time(), self.budget.window)
+        upgraded, self._upgraded = self._upgraded, None
+        if upgraded is not None:
+            try:
+                upgraded()
+            except Exception as exc:  # the caller's bookkeeping must not fail the connection
+                _log.warning(
+                    "stream %s: the upgrade gate's callback failed: %s: %s",
+                    self.label,
+                    type(exc).__name__,
+                    redact(str(exc)),
+                )
 
     async def _wait(self, seconds: float, reason: str, detail: str) -> None:
         """Wait ``seconds`` in the WAITING state; a stop ends the wait at once."""

@@ -131,8 +131,9 @@ class EventStream:
         upgrade_gate: An async function awaited before every WebSocket upgrade (the first,
             each reconnect, each rotation), after the gap and this process's upgrade budget;
             the upgrade waits until it returns: a budget shared beyond this process (a fleet
-            passes one kept in its database). A stop cancels a wait in it; an error it raises
-            ends the stream, so it retries transient failures itself.
+            passes one kept in its database). If it returns a function, that is called when the
+            upgrade request leaves. A stop cancels a wait in it; an error it raises ends the
+            stream, so it retries transient failures itself.
     """
 
     def __init__(

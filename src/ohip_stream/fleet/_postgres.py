@@ -397,6 +397,13 @@ class PostgresLeaseStore:
 
         return await self._run(op)
 
+    async def confirm_upgrade(self, key_id: str, holder: str, ago: float = 0.0) -> None:
+        await self._fetchall(
+            f"UPDATE ohip_fleet_upgrades SET at = GREATEST(at, {_NOW} - %s) "
+            "WHERE key_id = %s AND holder = %s RETURNING key_id",
+            (ago, key_id, holder),
+        )
+
     async def aclose(self) -> None:
         self._closed = True
         pool, self._pool = self._pool, None

@@ -6,6 +6,7 @@ events to the user's handler, one at a time, in order."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,11 +22,19 @@ from ohip_stream._net import stream_id_for
 from ohip_stream._stream import EventStream
 from ohip_stream.fleet._errors import LeaseStoreError
 from ohip_stream.fleet._fenced import FencedCheckpointStore
-from ohip_stream.fleet._model import StreamSpec
+from ohip_stream.fleet._model import Lease, StreamSpec
 from ohip_stream.fleet._stats import FleetStats
 from ohip_stream.fleet._store import LeaseStore
 
-__all__ = ["BudgetGate", "Handler", "Owned", "StreamFactory", "consume"]
+__all__ = [
+    "BudgetGate",
+    "Handler",
+    "Owned",
+    "StreamFactory",
+    "claim_then",
+    "consume",
+    "positive_seconds",
+]
 
 _log = get_logger("ohip_stream.fleet")
 
@@ -51,7 +60,11 @@ class Owned:
     lost: bool = False
     error: BaseException | None = None
     handled: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cancel_task(self) -> None:
+        """Cancel the stream's task if it still runs (a second cancel aborts the connection)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
 
 @dataclass
@@ -155,6 +168,13 @@ class StreamFactory:
         )
 
 
+def positive_seconds(name: str, value: float) -> float:
+    """A fleet option in seconds, checked: above 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return float(value)
+
+
 class BudgetGate:
     """The upgrade gate of one owned stream (``EventStream(upgrade_gate=...)``): each call takes
     a slot in the fleet's budget of the application key, shared by every worker (protocol
@@ -184,8 +204,25 @@ class BudgetGate:
         self.max_retry = max_retry
         #: Slots taken through this gate (one per upgrade of the stream).
         self.taken = 0
+        self._confirming: set[asyncio.Task[None]] = set()
 
-    async def __call__(self) -> None:
+    def _upgraded(self, holder: str) -> None:
+        """The upgrade request leaves now: the slot's record moves to this moment (a busy
+        process may upgrade a while after it took the slot; the window must count from the
+        upgrade, as the gateway's does)."""
+        task = asyncio.ensure_future(self._confirm(holder, asyncio.get_running_loop().time()))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, holder: str, upgraded_at: float) -> None:
+        try:
+            ago = asyncio.get_running_loop().time() - upgraded_at
+            await self.store.confirm_upgrade(self.key, holder, ago)
+        except LeaseStoreError as exc:  # the slot's time stands: budget_pad covers most delays
+            _log.info("%s: the upgrade's time was not recorded: %s", holder, exc)
+
+    async def __call__(self) -> Callable[[], None]:
+        """Take a slot; the function returned is called when the upgrade request leaves."""
         count, window = self.budget
         holder = f"{self.holder}#{self.taken + 1}"
         failures = 0
@@ -208,10 +245,28 @@ class BudgetGate:
                     self.taken += 1
                     if self.stats is not None:
                         self.stats.upgrades += 1
-                    return
+                    return functools.partial(self._upgraded, holder)
                 failures = 0
             # Jitter: the workers waiting on one key do not all come back at the same instant.
             await asyncio.sleep(wait + self.rng.uniform(0, min(1.0, wait / 10)))
+
+
+async def claim_then(
+    store: LeaseStore, stream: str, owner: str, ttl: float, claimed: Callable[[Lease], None]
+) -> None:
+    """``store.claim``, and ``claimed(lease)`` once it succeeded, even when the caller stopped
+    waiting first (a control round that ran out of time): otherwise the lease would be held by
+    no running stream until it expires."""
+    claiming = asyncio.ensure_future(store.claim(stream, owner, ttl))
+
+    def done(future: asyncio.Future[Lease | None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            lease = future.result()
+            if lease is not None:
+                claimed(lease)
+
+    claiming.add_done_callback(done)
+    await asyncio.shield(claiming)
 
 
 async def consume(

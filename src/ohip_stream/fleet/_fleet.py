@@ -419,7 +419,6 @@ class Fleet:
                 factory=self._factory,
                 handler=self.handler,
                 slots=self._slots,
-                rng=self._rng,
                 stats=self.stats,
             ),
             name=f"ohip-fleet-{spec.name}",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,7 +189,6 @@ class BudgetGate:
         key: str,
         budget: tuple[int, float],
         *,
-        rng: random.Random,
         holder: str,
         stats: FleetStats | None = None,
         max_retry: float = 5.0,
@@ -198,7 +196,6 @@ class BudgetGate:
         self.store = store
         self.key = key
         self.budget = budget
-        self.rng = rng
         self.holder = holder
         self.stats = stats
         self.max_retry = max_retry
@@ -222,7 +219,8 @@ class BudgetGate:
             _log.info("%s: the upgrade's time was not recorded: %s", holder, exc)
 
     async def __call__(self) -> Callable[[], None]:
-        """Take a slot; the function returned is called when the upgrade request leaves."""
+        """Take a slot and wait for it; the function returned is called when the upgrade
+        request leaves."""
         count, window = self.budget
         holder = f"{self.holder}#{self.taken + 1}"
         failures = 0
@@ -231,24 +229,27 @@ class BudgetGate:
                 wait = await self.store.take_upgrade(self.key, count, window, holder)
             except LeaseStoreError as exc:
                 failures += 1
-                wait = min(self.max_retry, 0.1 * 2**failures)
+                pause = min(self.max_retry, 0.1 * 2**failures)
                 if self.stats is not None:
                     self.stats.budget_errors += 1
                 _log.warning(
                     "%s: the fleet's upgrade budget cannot be read (%s): again in %.3g s",
                     self.holder,
                     exc,
-                    wait,
+                    pause,
                 )
-            else:
-                if wait <= 0:
-                    self.taken += 1
-                    if self.stats is not None:
-                        self.stats.upgrades += 1
-                    return functools.partial(self._upgraded, holder)
-                failures = 0
-            # Jitter: the workers waiting on one key do not all come back at the same instant.
-            await asyncio.sleep(wait + self.rng.uniform(0, min(1.0, wait / 10)))
+                await asyncio.sleep(pause)
+                continue
+            if wait > 0.01:
+                # The slot is this stream's: wait for it, then ask again (the upgrades before
+                # it may have been confirmed later than their slots). A stop or a fence
+                # cancels the wait; the slot then goes unused, erring on the safe side.
+                await asyncio.sleep(wait)
+                continue
+            self.taken += 1
+            if self.stats is not None:
+                self.stats.upgrades += 1
+            return functools.partial(self._upgraded, holder)
 
 
 async def claim_then(
@@ -276,7 +277,6 @@ async def consume(
     factory: StreamFactory,
     handler: Handler,
     slots: asyncio.Semaphore,
-    rng: random.Random,
     stats: FleetStats | None = None,
 ) -> None:
     """The task of one owned stream: build, iterate, hand each event to the handler (every
@@ -286,7 +286,6 @@ async def consume(
         store,
         key_id(factory.app_key(spec)),
         factory.upgrade_budget,
-        rng=rng,
         holder=f"{spec.name}#{owned.epoch}",
         stats=stats,
     )

@@ -29,7 +29,7 @@ from ohip_stream.fleet._errors import (
     StaleEpochError,
 )
 from ohip_stream.fleet._model import Lease, StreamSpec, SyncResult, Worker
-from ohip_stream.fleet._store import SCHEMA_VERSION
+from ohip_stream.fleet._store import SCHEMA_VERSION, upgrade_slot
 
 __all__ = ["SQLiteLeaseStore"]
 
@@ -346,8 +346,8 @@ class SQLiteLeaseStore:
         def op(conn: sqlite3.Connection) -> float:
             now = float(conn.execute(f"SELECT {_NOW}").fetchone()[0])
             conn.execute(
-                "DELETE FROM ohip_fleet_upgrades WHERE key_id = ? AND at <= ?",
-                (key_id, now - window),
+                "DELETE FROM ohip_fleet_upgrades WHERE key_id = ? AND (at <= ? OR holder = ?)",
+                (key_id, now - window, holder or None),
             )
             times = [
                 row[0]
@@ -355,13 +355,12 @@ class SQLiteLeaseStore:
                     "SELECT at FROM ohip_fleet_upgrades WHERE key_id = ? ORDER BY at", (key_id,)
                 ).fetchall()
             ]
-            if len(times) >= count:
-                return max(0.001, float(times[len(times) - count]) + window - now)
+            at = upgrade_slot(times, count, window, now)
             conn.execute(
                 "INSERT INTO ohip_fleet_upgrades (key_id, at, holder) VALUES (?, ?, ?)",
-                (key_id, now, holder),
+                (key_id, at, holder),
             )
-            return 0.0
+            return at - now
 
         return await self._run(op)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,7 @@ async def test_a_database_error_in_the_gate_backs_off_and_says_so(
         store,  # type: ignore[arg-type]
         "key",
         (150, 120.0),
+        rng=random.Random(1),
         holder="emu:CHA#1",
         stats=stats,
     )
@@ -114,7 +116,7 @@ async def test_a_database_error_in_the_gate_backs_off_and_says_so(
 
 async def test_a_wait_in_the_gate_ends_when_it_is_cancelled() -> None:
     store = FailingBudget(failures=1_000)
-    gate = BudgetGate(store, "key", (150, 120.0), holder="h")  # type: ignore[arg-type]
+    gate = BudgetGate(store, "key", (150, 120.0), rng=random.Random(1), holder="h")  # type: ignore[arg-type]
     task = asyncio.ensure_future(gate())
     await asyncio.sleep(0.05)
     task.cancel()

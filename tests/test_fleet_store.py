@@ -273,27 +273,6 @@ async def test_the_upgrade_budget_is_shared_by_every_store(opener: Opener) -> No
     assert await second.take_upgrade("key-a", 3, 0.5) == 0.0
 
 
-async def test_budget_slots_are_handed_out_in_order_one_caller_each(store: LeaseStore) -> None:
-    # Two per 0.5 s: the third and fourth callers get the next window's two slots, the fifth
-    # the one after; none has to ask again.
-    waits = [await store.take_upgrade("key-o", 2, 0.5, f"h{i}") for i in range(5)]
-    assert waits[:2] == [0.0, 0.0]
-    assert 0.4 < waits[2] <= 0.5
-    assert 0.4 < waits[3] <= 0.5
-    assert 0.9 < waits[4] <= 1.0
-
-
-async def test_a_confirmed_upgrade_moves_its_slot_later_never_earlier(store: LeaseStore) -> None:
-    assert await store.take_upgrade("key-c", 1, 0.5, "first") == 0.0
-    await asyncio.sleep(0.2)
-    await store.confirm_upgrade("key-c", "first", ago=0.05)  # it left 0.05 s ago
-    wait = await store.take_upgrade("key-c", 1, 0.5, "second")
-    # Counted from the upgrade (0.15 s after the slot), not from the slot: about 0.45 s left.
-    assert 0.4 < wait <= 0.46
-    await store.confirm_upgrade("key-c", "second", ago=10.0)  # never before its slot
-    assert await store.take_upgrade("key-c", 1, 0.5, "third") > wait
-
-
 async def test_concurrent_budget_takers_never_exceed_the_count(opener: Opener) -> None:
     stores = [await opener() for _ in range(3)]
     results = await asyncio.gather(*(s.take_upgrade("k", 5, 60) for s in stores for _ in range(4)))

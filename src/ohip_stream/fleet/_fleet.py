@@ -419,6 +419,7 @@ class Fleet:
                 factory=self._factory,
                 handler=self.handler,
                 slots=self._slots,
+                rng=self._rng,
                 stats=self.stats,
             ),
             name=f"ohip-fleet-{spec.name}",

@@ -27,7 +27,7 @@ from ohip_stream.fleet._errors import (
     StaleEpochError,
 )
 from ohip_stream.fleet._model import Lease, StreamSpec, SyncResult, Worker
-from ohip_stream.fleet._store import SCHEMA_VERSION, upgrade_slot
+from ohip_stream.fleet._store import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -380,19 +380,20 @@ class PostgresLeaseStore:
             now_row = await cursor.fetchone()
             now = float(now_row[0]) if now_row else 0.0
             await conn.execute(
-                "DELETE FROM ohip_fleet_upgrades WHERE key_id = %s AND (at <= %s OR holder = %s)",
-                (key_id, now - window, holder or None),
+                "DELETE FROM ohip_fleet_upgrades WHERE key_id = %s AND at <= %s",
+                (key_id, now - window),
             )
             cursor = await conn.execute(
                 "SELECT at FROM ohip_fleet_upgrades WHERE key_id = %s ORDER BY at", (key_id,)
             )
-            times = [float(row[0]) for row in await cursor.fetchall()]
-            at = upgrade_slot(times, count, window, now)
+            times = [row[0] for row in await cursor.fetchall()]
+            if len(times) >= count:
+                return max(0.001, float(times[len(times) - count]) + window - now)
             await conn.execute(
                 "INSERT INTO ohip_fleet_upgrades (key_id, at, holder) VALUES (%s, %s, %s)",
-                (key_id, at, holder),
+                (key_id, now, holder),
             )
-            return at - now
+            return 0.0
 
         return await self._run(op)
 

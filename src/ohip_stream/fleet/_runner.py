@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,7 @@ class BudgetGate:
         key: str,
         budget: tuple[int, float],
         *,
+        rng: random.Random,
         holder: str,
         stats: FleetStats | None = None,
         max_retry: float = 5.0,
@@ -196,6 +198,7 @@ class BudgetGate:
         self.store = store
         self.key = key
         self.budget = budget
+        self.rng = rng
         self.holder = holder
         self.stats = stats
         self.max_retry = max_retry
@@ -219,8 +222,7 @@ class BudgetGate:
             _log.info("%s: the upgrade's time was not recorded: %s", holder, exc)
 
     async def __call__(self) -> Callable[[], None]:
-        """Take a slot and wait for it; the function returned is called when the upgrade
-        request leaves."""
+        """Take a slot; the function returned is called when the upgrade request leaves."""
         count, window = self.budget
         holder = f"{self.holder}#{self.taken + 1}"
         failures = 0
@@ -229,27 +231,24 @@ class BudgetGate:
                 wait = await self.store.take_upgrade(self.key, count, window, holder)
             except LeaseStoreError as exc:
                 failures += 1
-                pause = min(self.max_retry, 0.1 * 2**failures)
+                wait = min(self.max_retry, 0.1 * 2**failures)
                 if self.stats is not None:
                     self.stats.budget_errors += 1
                 _log.warning(
                     "%s: the fleet's upgrade budget cannot be read (%s): again in %.3g s",
                     self.holder,
                     exc,
-                    pause,
+                    wait,
                 )
-                await asyncio.sleep(pause)
-                continue
-            if wait > 0.01:
-                # The slot is this stream's: wait for it, then ask again (the upgrades before
-                # it may have been confirmed later than their slots). A stop or a fence
-                # cancels the wait; the slot then goes unused, erring on the safe side.
-                await asyncio.sleep(wait)
-                continue
-            self.taken += 1
-            if self.stats is not None:
-                self.stats.upgrades += 1
-            return functools.partial(self._upgraded, holder)
+            else:
+                if wait <= 0:
+                    self.taken += 1
+                    if self.stats is not None:
+                        self.stats.upgrades += 1
+                    return functools.partial(self._upgraded, holder)
+                failures = 0
+            # Jitter: the workers waiting on one key do not all come back at the same instant.
+            await asyncio.sleep(wait + self.rng.uniform(0, min(1.0, wait / 10)))
 
 
 async def claim_then(
@@ -277,6 +276,7 @@ async def consume(
     factory: StreamFactory,
     handler: Handler,
     slots: asyncio.Semaphore,
+    rng: random.Random,
     stats: FleetStats | None = None,
 ) -> None:
     """The task of one owned stream: build, iterate, hand each event to the handler (every
@@ -286,6 +286,7 @@ async def consume(
         store,
         key_id(factory.app_key(spec)),
         factory.upgrade_budget,
+        rng=rng,
         holder=f"{spec.name}#{owned.epoch}",
         stats=stats,
     )

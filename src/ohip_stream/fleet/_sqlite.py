@@ -29,7 +29,7 @@ from ohip_stream.fleet._errors import (
     StaleEpochError,
 )
 from ohip_stream.fleet._model import Lease, StreamSpec, SyncResult, Worker
-from ohip_stream.fleet._store import SCHEMA_VERSION, upgrade_slot
+from ohip_stream.fleet._store import SCHEMA_VERSION
 
 __all__ = ["SQLiteLeaseStore"]
 
@@ -346,8 +346,8 @@ class SQLiteLeaseStore:
         def op(conn: sqlite3.Connection) -> float:
             now = float(conn.execute(f"SELECT {_NOW}").fetchone()[0])
             conn.execute(
-                "DELETE FROM ohip_fleet_upgrades WHERE key_id = ? AND (at <= ? OR holder = ?)",
-                (key_id, now - window, holder or None),
+                "DELETE FROM ohip_fleet_upgrades WHERE key_id = ? AND at <= ?",
+                (key_id, now - window),
             )
             times = [
                 row[0]
@@ -355,12 +355,13 @@ class SQLiteLeaseStore:
                     "SELECT at FROM ohip_fleet_upgrades WHERE key_id = ? ORDER BY at", (key_id,)
                 ).fetchall()
             ]
-            at = upgrade_slot(times, count, window, now)
+            if len(times) >= count:
+                return max(0.001, float(times[len(times) - count]) + window - now)
             conn.execute(
                 "INSERT INTO ohip_fleet_upgrades (key_id, at, holder) VALUES (?, ?, ?)",
-                (key_id, at, holder),
+                (key_id, now, holder),
             )
-            return at - now
+            return 0.0
 
         return await self._run(op)
 

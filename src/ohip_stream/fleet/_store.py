@@ -18,8 +18,7 @@ The rules every backend keeps:
   and holds the lease row against a concurrent claim until the write is committed; otherwise it
   raises :class:`~ohip_stream.fleet.StaleEpochError`.
 * :meth:`LeaseStore.take_upgrade` is the upgrade budget of one application key shared by every
-  worker (protocol §10: 150 upgrades per 2 minutes per key, across processes and hosts): it
-  reserves slots in order, under one lock per key.
+  worker (protocol §10: 150 upgrades per 2 minutes per key, across processes and hosts).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from ohip_stream._checkpoints import Checkpoint
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream.fleet._model import Lease, StreamSpec, SyncResult, Worker
 
-__all__ = ["SCHEMA_VERSION", "LeaseStore", "open_lease_store", "upgrade_slot"]
+__all__ = ["SCHEMA_VERSION", "LeaseStore", "open_lease_store"]
 
 #: The version of the fleet's tables this release writes (``ohip_fleet_schema``).
 SCHEMA_VERSION = 1
@@ -103,13 +102,9 @@ class LeaseStore(Protocol):
 
     # --- the upgrade budget -------------------------------------------------------------------
     async def take_upgrade(self, key_id: str, count: int, window: float, holder: str = "") -> float:
-        """Reserve the key's next upgrade slot for ``holder`` and return the seconds until it:
-        0 when fewer than ``count`` upgrades are recorded in the last ``window`` seconds, else
-        the moment the oldest that counts leaves the window (:func:`upgrade_slot`). Slots are
-        handed out in order, each to one caller; a caller that asks again with the same
-        ``holder`` (when its wait is over) gives its reservation back and gets the slot the
-        budget allows then (later, if upgrades were confirmed later than their slots), so a
-        crowd of waiting streams asks about twice each instead of polling."""
+        """Record one upgrade for the key (by ``holder``) if fewer than ``count`` happened in
+        the last ``window`` seconds and return 0; else record nothing and return the seconds
+        to wait."""
 
     async def confirm_upgrade(self, key_id: str, holder: str, ago: float = 0.0) -> None:
         """The holder's upgrade happened ``ago`` seconds before now (a duration measured by the
@@ -119,16 +114,6 @@ class LeaseStore(Protocol):
 
     async def aclose(self) -> None:
         """Close the connections; idempotent."""
-
-
-def upgrade_slot(times: Sequence[float], count: int, window: float, now: float) -> float:
-    """When the next upgrade may happen, given the recorded (and reserved) upgrade times of the
-    key, sorted, none older than ``now - window``: now while fewer than ``count`` are recorded,
-    else when the ``count``-th latest leaves the window (so no window holds more than
-    ``count``)."""
-    if len(times) < count:
-        return now
-    return max(now, times[len(times) - count] + window)
 
 
 def open_lease_store(database_url: str) -> LeaseStore:

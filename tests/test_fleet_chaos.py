@@ -400,6 +400,7 @@ async def test_fleet_chaos_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not LONG, reason="the long chaos run: OHIP_SOAK=long")
+@pytest.mark.timeout(1800)  # ten minutes of rounds, then the checks
 async def test_fleet_chaos_long(tmp_path: Path) -> None:
     result = await run_chaos(tmp_path, rounds=100, seed=11)  # about 10 minutes
     print(json.dumps(result))

@@ -38,6 +38,9 @@ __all__ = [
 
 _log = get_logger("ohip_stream.fleet")
 
+#: The shortest wait before asking the fleet's budget again.
+_MIN_PAUSE = 0.05
+
 #: The user's code: ``handler(stream, event)``, sync or async.
 Handler = Callable[[StreamSpec, Event], "Awaitable[None] | None"]
 
@@ -247,8 +250,10 @@ class BudgetGate:
                         self.stats.upgrades += 1
                     return functools.partial(self._upgraded, holder)
                 failures = 0
-            # Jitter: the workers waiting on one key do not all come back at the same instant.
-            await asyncio.sleep(wait + self.rng.uniform(0, min(1.0, wait / 10)))
+            # Jitter: the workers waiting on one key do not all come back at the same instant;
+            # a floor: a crowd told "a few milliseconds" at a window's end does not spin.
+            pause = max(wait, _MIN_PAUSE)
+            await asyncio.sleep(pause + self.rng.uniform(0, min(1.0, max(0.1, pause / 10))))
 
 
 async def claim_then(

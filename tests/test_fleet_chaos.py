@@ -56,6 +56,7 @@ def worker_main(dsn: str, worker_id: str, log_path: str, lock_dir: str) -> None:
         )
 
     timings = Timings(
+        upgrade_budget=(2000, 120.0),
         ping_interval=2.0,
         complete_gap=GAP,
         lockout=1.0,
@@ -82,6 +83,7 @@ def worker_main(dsn: str, worker_id: str, log_path: str, lock_dir: str) -> None:
             lock_dir=lock_dir,
             retry_failed_after=1.0,
             settle=1.2,
+            upgrade_budget=(2000, 120.0),  # as the chaos emulator's (chaos_emulator.BUDGET)
         )
         async with fleet:
             fleet.install_signal_handlers()

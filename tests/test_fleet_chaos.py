@@ -275,7 +275,7 @@ class Chaos:
         return all(set(offsets) <= seen[s] for s, offsets in self.published.items())
 
 
-async def run_chaos(tmp: Path, rounds: int, seed: int) -> dict[str, Any]:
+async def run_chaos(tmp: Path, rounds: int, seed: int, seconds: float = 0.0) -> dict[str, Any]:
     from ohip_stream.fleet import open_lease_store
 
     emu = EmulatorProcess(tmp, seed)
@@ -288,7 +288,7 @@ async def run_chaos(tmp: Path, rounds: int, seed: int) -> dict[str, Any]:
             chaos = Chaos(emu, dsn, tmp, seed)
             began = time.time()
             try:
-                await play(chaos, rounds)
+                await play(chaos, rounds, seconds)
             finally:
                 for worker in chaos.all_workers:
                     await asyncio.to_thread(worker.stop)
@@ -314,17 +314,20 @@ def spec(info: dict[str, str], chain: str) -> Any:
     )
 
 
-async def play(chaos: Chaos, rounds: int) -> None:
+async def play(chaos: Chaos, rounds: int, seconds: float) -> None:
+    """``rounds`` faults at least, and more until ``seconds`` have passed."""
     for _ in range(4):
         chaos.add()
     await asyncio.to_thread(chaos.emu.command, "publish")
     try:
         await asyncio.sleep(8)  # every stream live before the first fault
         actions = [chaos.kill, chaos.freeze, chaos.cut, chaos.scale]
-        for index in range(rounds):
+        began, index = time.monotonic(), 0
+        while index < rounds or time.monotonic() - began < seconds:
             action = actions[index % 4] if index < 4 else chaos.rng.choice(actions)
             await action()
             await asyncio.sleep(2.0)
+            index += 1
     finally:
         await chaos.stop_publishing()
     for _ in range(80):  # every published offset handled, within 40 s
@@ -402,8 +405,8 @@ async def test_fleet_chaos_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not LONG, reason="the long chaos run: OHIP_SOAK=long")
-@pytest.mark.timeout(1800)  # ten minutes of rounds, then the checks
+@pytest.mark.timeout(1800)  # ten minutes of faults, then the checks
 async def test_fleet_chaos_long(tmp_path: Path) -> None:
-    result = await run_chaos(tmp_path, rounds=100, seed=11)  # about 10 minutes
+    result = await run_chaos(tmp_path, rounds=4, seed=11, seconds=600)  # 10 minutes of faults
     print(json.dumps(result))
     assert_chaos(result)

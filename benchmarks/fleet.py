@@ -2,10 +2,11 @@
 streams, and the latency from publish to handler at 2,000 events/s over 200 streams.
 
 The emulator runs in another process with its upgrade budget raised (connecting is not what is
-timed); the worker (this process) keeps its leases in a SQLite file. ``--json`` prints one
-JSON object whose keys include ``kb_per_stream`` (1 KB = 1,000 bytes; the largest run) and
-``p99_ms``. Goals: <= 100 KB per idle stream, idle CPU <= 1 % of a core per 100 streams,
-p99 <= 50 ms.
+timed). Each size, and the latency run, runs in a fresh worker process of its own (this script
+with ``--child``), so that what an earlier run left in memory does not count in a later one;
+the worker keeps its leases in a SQLite file. ``--json`` prints one JSON object whose keys
+include ``kb_per_stream`` (1 KB = 1,000 bytes; the largest run) and ``p99_ms``. Goals:
+<= 100 KB per idle stream, idle CPU <= 1 % of a core per 100 streams, p99 <= 50 ms.
 
     python benchmarks/fleet.py                       # 100, 300, 1000 streams; 2000 ev/s
     python benchmarks/fleet.py --streams 20,50 --rate 200 --latency-streams 20 --seconds 3
@@ -98,6 +99,12 @@ class EmulatorProcess:
             self.proc.kill()
 
 
+def ask_publish(command: str) -> dict[str, Any]:
+    """From a child: ask the parent (which drives the emulator) to publish; its answer."""
+    print(f"PUBLISH {command}", flush=True)
+    return dict(json.loads(sys.stdin.readline()))
+
+
 def specs(info: dict[str, str], prefix: str, count: int) -> list[StreamSpec]:
     return [
         StreamSpec(
@@ -168,18 +175,18 @@ async def idle_run(info: dict[str, str], tmp: Path, count: int, idle: float) -> 
 
 
 async def latency_run(
-    emu: EmulatorProcess, tmp: Path, count: int, rate: float, seconds: float
+    info: dict[str, str], tmp: Path, count: int, rate: float, seconds: float
 ) -> dict[str, float]:
     latencies: list[float] = []
 
     def handle(stream: StreamSpec, event: Any) -> None:
         latencies.append(time.time() - float(event.primary_key))
 
-    fleet = fleet_for(emu.info, tmp, "L", count, handle)
+    fleet = fleet_for(info, tmp, "L", count, handle)
     async with fleet:
         task = asyncio.create_task(fleet.run())
         await wait_live(fleet, count, timeout=60 + count / 10)
-        sent = await asyncio.to_thread(emu.command, f"publish {rate} {seconds} L {count}")
+        sent = await asyncio.to_thread(ask_publish, f"publish {rate} {seconds} L {count}")
         await asyncio.sleep(1.0)
         fleet.request_stop()
         await task
@@ -193,17 +200,57 @@ async def latency_run(
     }
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in this (fresh) process: ``idle N`` or ``latency N``."""
+    kind, count = args.child[0], int(args.child[1])
+    info = json.loads(args.emulator)
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "idle":
+            return asyncio.run(idle_run(info, Path(tmp), count, args.idle))
+        return asyncio.run(latency_run(info, Path(tmp), count, args.rate, args.seconds))
+
+
+def in_fresh_process(emu: EmulatorProcess, args: argparse.Namespace, *child: str) -> Any:
+    """Run ``--child`` in a new interpreter; its stdout's last line is the result. A latency
+    child asks for the events through this process (the emulator's stdin is ours)."""
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        *child,
+        "--emulator",
+        json.dumps(emu.info),
+        "--idle",
+        str(args.idle),
+        "--rate",
+        str(args.rate),
+        "--seconds",
+        str(args.seconds),
+    ]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        if line.startswith("PUBLISH "):  # the child is live: publish, then answer it
+            sent = emu.command(line.removeprefix("PUBLISH ").strip())
+            proc.stdin.write(json.dumps(sent) + "\n")
+            proc.stdin.flush()
+        else:
+            lines.append(line)
+    if proc.wait() != 0:
+        raise RuntimeError(f"the benchmark's child {' '.join(child)} failed")
+    return json.loads(lines[-1])
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
     emu = EmulatorProcess()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            runs = [
-                await idle_run(emu.info, Path(tmp), count, args.idle)
-                for count in sorted(int(c) for c in args.streams.split(","))
-            ]
-            latency = await latency_run(
-                emu, Path(tmp), args.latency_streams, args.rate, args.seconds
-            )
+        runs = [
+            in_fresh_process(emu, args, "idle", str(count))
+            for count in sorted(int(c) for c in args.streams.split(","))
+        ]
+        latency = in_fresh_process(emu, args, "latency", str(args.latency_streams))
     finally:
         emu.close()
     return {
@@ -223,8 +270,13 @@ if __name__ == "__main__":
     parser.add_argument("--latency-streams", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "STREAMS"), help=argparse.SUPPRESS)
+    parser.add_argument("--emulator", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = asyncio.run(main(args))
+    if args.child:
+        print(json.dumps(child(args)), flush=True)
+        sys.exit(0)
+    result = main(args)
     if args.json:
         print(json.dumps(result))
     else:

@@ -11,6 +11,7 @@ import pytest
 
 from ohip_stream import (
     AuthenticationError,
+    ConfigurationError,
     EventStream,
     MemoryCheckpointStore,
     StaticToken,
@@ -191,3 +192,147 @@ async def test_a_restarted_process_keeps_the_upgrade_budget(tmp_path: Path) -> N
         budget = second._connector.budget
         assert len(budget) == 3
         assert budget.wait_time(clock.monotonic()) > 50
+
+
+# --- the upgrade gate ---------------------------------------------------------------------------
+
+
+class ScriptedSession:
+    """Stands for a connection: counts its upgrade (as the real one does, right before the
+    request) and ends as the script says."""
+
+    def __init__(self, script: list[Any], log: list[tuple[str, float]], clock: FakeClock) -> None:
+        self.script = script
+        self.log = log
+        self.clock = clock
+
+    def __call__(self, config: Any, **parts: Any) -> ScriptedSession:
+        self.on_upgrade = parts["on_upgrade"]
+        self.life = parts["life"]
+        return self
+
+    async def run(self, subscription: Any) -> Ended:
+        self.on_upgrade()
+        self.log.append(("upgrade", self.clock.monotonic()))
+        ended = self.script.pop(0)
+        return ended(self) if callable(ended) else ended
+
+    def complete(self, reason: str) -> None:
+        pass
+
+
+def _gated(clock: FakeClock, gate: Any, monkeypatch: pytest.MonkeyPatch, script: list[Any]) -> Any:
+    log: list[tuple[str, float]] = []
+    monkeypatch.setattr("ohip_stream._connector.Session", ScriptedSession(script, log, clock))
+    return _connector(clock, upgrade_gate=gate), log
+
+
+async def _run_until_done(clock: FakeClock, task: asyncio.Task[None], seconds: float) -> None:
+    for _ in range(int(seconds)):
+        if task.done():
+            break
+        await clock.advance(1.0)
+    await asyncio.wait_for(task, 1)
+
+
+async def test_the_upgrade_gate_is_awaited_before_every_upgrade(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first connection, a reconnect after a drop and a rotation: each upgrade is preceded by
+    # one pass through the gate, and the gate comes after the gap (it is the last wait).
+    clock = FakeClock()
+    passes: list[float] = []
+    told: list[int] = []
+
+    async def gate() -> Any:
+        await clock.sleep(0.5)  # a shared budget that makes the stream wait a little
+        passes.append(clock.monotonic())
+        # Called when the upgrade request leaves (what the gate returns, if callable).
+        return lambda: told.append(len(passes))
+
+    def stop(session: ScriptedSession) -> Ended:
+        session.life.to(StreamState.STOPPING)
+        return Ended(Failure(FailureKind.CLOSE, code=1000), completed=True, subscribed=True)
+
+    dropped = Ended(Failure(FailureKind.NETWORK, reason="connection reset"), subscribed=True)
+    rotated = Ended(Failure(FailureKind.CLOSE, code=1000), completed=True, subscribed=True)
+    connector, log = _gated(clock, gate, monkeypatch, [dropped, rotated, stop])
+    connector.connected_once = True
+    await _run_until_done(clock, asyncio.ensure_future(connector.run()), 60)
+    upgrades = [at for what, at in log if what == "upgrade"]
+    assert len(passes) == len(upgrades) == 3
+    assert told == [1, 2, 3]  # each upgrade told its own gate's pass, once
+    assert all(p <= u for p, u in zip(passes, upgrades, strict=True))
+    assert all(u < p for u, p in zip(upgrades, passes[1:], strict=False))
+    # The rotation's gap (10 s) was waited before the gate, not after it.
+    assert passes[2] - upgrades[1] >= TIMINGS.complete_gap
+    assert connector.stats.reconnects == {"network": 1, "rotation": 1}
+
+
+async def test_a_stop_ends_a_wait_in_the_gate_and_no_upgrade_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def gate() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a budget that never frees a slot
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    connector, log = _gated(clock, gate, monkeypatch, [])
+    task = asyncio.ensure_future(connector.run())
+    await asyncio.wait_for(entered.wait(), 1)
+    wait = connector.life.wait
+    assert connector.life.state is StreamState.WAITING
+    assert wait is not None
+    assert wait.reason == "budget"
+    connector.life.to(StreamState.STOPPING)
+    connector.stop()
+    await asyncio.wait_for(task, 1)  # no virtual time passed: the stop ended the wait
+    assert cancelled.is_set()
+    assert log == []
+
+
+async def test_cancelling_the_stream_cancels_a_wait_in_the_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def gate() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    connector, log = _gated(clock, gate, monkeypatch, [])
+    task = asyncio.ensure_future(connector.run())
+    await asyncio.wait_for(entered.wait(), 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+    assert cancelled.is_set()
+    assert log == []
+
+
+async def test_an_error_in_the_gate_ends_the_stream_naming_the_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def gate() -> None:
+        raise RuntimeError("no budget table")
+
+    connector, log = _gated(FakeClock(), gate, monkeypatch, [])
+    with pytest.raises(TransportError, match="the upgrade gate failed: RuntimeError"):
+        await asyncio.wait_for(connector.run(), 1)
+    assert log == []
+
+
+def test_an_upgrade_gate_must_be_callable() -> None:
+    with pytest.raises(ConfigurationError, match="upgrade_gate must be an async function"):
+        _connector(FakeClock(), upgrade_gate="budget")

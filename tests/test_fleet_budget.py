@@ -2,8 +2,11 @@
 across several workers meets zero HTTP 429s, and every stream is live within the budget's
 minimum time plus 20 %.
 
-Scaled down by default (25 streams, 10 upgrades per 3 s window, 3 workers); ``OHIP_SOAK=long``
-runs the issue's figures with a shortened window (300 streams, 150 upgrades per 12 s, 4 workers).
+Scaled down by default (25 streams, 10 upgrades per 6 s window, 3 workers); ``OHIP_SOAK=long``
+runs the issue's figures with a shortened window (300 streams, 150 upgrades per 30 s, 4 workers).
+The window is shortened from Oracle's 120 s only as far as the time to open 150 connections
+in this one process (workers and emulator share it, about 4 s on two cores) stays small beside
+the 20 % allowed: with a 12 s window that time alone would be more than the allowance.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ from pathlib import Path
 import pytest
 
 from helpers.fleet_db import database_url
+from helpers.streams import FAST_TIMINGS
 from ohip_stream.testing import Emulator
 from test_fleet import GAP, Handled, fleet_for, running, specs_for
 
 pytestmark = pytest.mark.slow
 
 LONG = os.environ.get("OHIP_SOAK") == "long"
-STREAMS, WORKERS, COUNT, WINDOW = (300, 4, 150, 12.0) if LONG else (25, 3, 10, 6.0)
+STREAMS, WORKERS, COUNT, WINDOW = (300, 4, 150, 30.0) if LONG else (25, 3, 10, 6.0)
 PAD = 0.5
+# The workers share this one process, and so the process's own budget of the key, which counts
+# the whole window (120 s by default): it gets the shortened window too, or it, not the fleet's
+# budget, would hold back the long run's second 150 upgrades.
+TIMINGS = FAST_TIMINGS.model_copy(update={"upgrade_budget": (COUNT, WINDOW)})
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -56,6 +64,7 @@ async def test_a_cold_start_meets_no_429_and_ends_within_the_budget_plus_20_perc
                 min_stay=300.0,
                 safety_margin=WINDOW,
                 lock_dir=tmp_path / "locks",
+                timings=TIMINGS,
             )
             for i in range(WORKERS)
         ]
@@ -74,6 +83,10 @@ async def test_a_cold_start_meets_no_429_and_ends_within_the_budget_plus_20_perc
     live_after = live_at - began - (upgrades[0].at - emu_started_wall)
     minimum = (math.ceil(STREAMS / COUNT) - 1) * WINDOW
     first = upgrades[0].at
+    print(  # the figures, for the record (-s shows them)
+        f"{backend}: {STREAMS} streams, {WORKERS} workers, {statuses.count(101)} upgrades, "
+        f"{statuses.count(429)} x 429, live after {live_after:.1f} s (minimum {minimum:g} s)"
+    )
     assert statuses.count(429) == 0, str([(round(u.at - first, 3), u.status) for u in upgrades])
     assert len({name for _, name, _ in handled.seen}) == STREAMS
     assert statuses.count(101) >= STREAMS

@@ -273,6 +273,16 @@ async def test_the_upgrade_budget_is_shared_by_every_store(opener: Opener) -> No
     assert await second.take_upgrade("key-a", 3, 0.5) == 0.0
 
 
+async def test_a_confirmed_upgrade_moves_its_record_later_never_earlier(store: LeaseStore) -> None:
+    assert await store.take_upgrade("key-c", 1, 0.5, "first") == 0.0
+    await asyncio.sleep(0.2)
+    await store.confirm_upgrade("key-c", "first", ago=0.05)  # it left 0.05 s ago
+    # Counted from the upgrade (0.15 s after the slot), not from the slot: about 0.45 s left.
+    assert 0.4 < await store.take_upgrade("key-c", 1, 0.5, "second") <= 0.46
+    await store.confirm_upgrade("key-c", "first", ago=10.0)  # never before its slot
+    assert 0.4 < await store.take_upgrade("key-c", 1, 0.5, "second") <= 0.46
+
+
 async def test_concurrent_budget_takers_never_exceed_the_count(opener: Opener) -> None:
     stores = [await opener() for _ in range(3)]
     results = await asyncio.gather(*(s.take_upgrade("k", 5, 60) for s in stores for _ in range(4)))

@@ -11,7 +11,7 @@ import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 from ohip_stream._budget import key_id
@@ -37,10 +37,16 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "InvalidHandler",
     "StreamConfig",
+    "UpgradeGate",
 ]
 
 InvalidHandler = Callable[[str, Exception], Awaitable[None] | None]
 """A dead-letter callback: receives the raw frame and the validation error (sync or async)."""
+
+UpgradeGate = Callable[[], Awaitable[object]]
+"""Awaited before each WebSocket upgrade of a stream; the upgrade waits until it returns. If it
+returns a function, that function is called (without arguments) when the upgrade request
+leaves: the moment the gateway's count of the upgrade starts."""
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: The buffer between the socket and the caller holds at most this many bytes of frames (and
@@ -76,6 +82,7 @@ class StreamConfig:
     lock_dir: str | Path | None
     standby: bool
     first_contact_tries: int
+    upgrade_gate: UpgradeGate | None
     stream_id: str
     key_digest: str
     url: str
@@ -129,6 +136,7 @@ def build_config(
     standby: bool,
     allow_insecure: bool,
     first_contact_tries: object,
+    upgrade_gate: object = None,
 ) -> StreamConfig:
     """Check every option and build the frozen configuration."""
     gateway = parse_gateway(gateway_url)
@@ -149,6 +157,11 @@ def build_config(
     refuse_plain_http(gateway, allow_insecure=allow_insecure, what="tokens and events")
     if not (on_invalid in ("raise", "skip") or callable(on_invalid)):
         raise ConfigurationError("on_invalid must be 'raise', 'skip' or a callback(raw, error)")
+    if upgrade_gate is not None and not callable(upgrade_gate):
+        raise ConfigurationError(
+            "upgrade_gate must be an async function called before each WebSocket upgrade "
+            f"(or None), got {type(upgrade_gate).__name__}"
+        )
     queue = _whole("queue_size", queue_size, minimum=1)
     config = StreamConfig(
         gateway=gateway,
@@ -175,6 +188,7 @@ def build_config(
         lock_dir=lock_dir,
         standby=bool(standby),
         first_contact_tries=_whole("first_contact_tries", first_contact_tries, minimum=1),
+        upgrade_gate=cast("UpgradeGate | None", upgrade_gate),
         stream_id=stream_id_for(gateway.url, chain, key),
         key_digest=key_id(key),
         url=subscription_url(gateway.url, key),

@@ -4,6 +4,7 @@
 
     wait the gap after the last complete (across restarts: the checkpoint and this host's record)
     wait for the application key's upgrade budget (150 upgrades in 2 minutes, §1)
+    wait for the caller's upgrade gate, if any (a budget shared beyond this process)
     connect, subscribe from the last processed offset, serve     (_session.Session)
     the connection ended:
       planned (our complete, the server's close)  -> a rotation: commit, new token, again
@@ -18,11 +19,13 @@ every reading of time goes through the stream's clock, and a stop ends any wait 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ohip_stream._budget import UpgradeBudget, rate_limited_wait
+from ohip_stream._budget import UpgradeBudget, rate_limited_wait, shared_budget
 from ohip_stream._exceptions import OhipError, TransportError
 from ohip_stream._lifecycle import Lifecycle, StreamState, Wait
 from ohip_stream._logging import get_logger, redact
@@ -40,12 +43,12 @@ if TYPE_CHECKING:
     from ohip_stream._buffer import Buffer
     from ohip_stream._checkpointing import Checkpointer
     from ohip_stream._clock import Clock
-    from ohip_stream._config import StreamConfig
+    from ohip_stream._config import StreamConfig, UpgradeGate
     from ohip_stream._guard import StreamGuard
     from ohip_stream._resume import Resume
     from ohip_stream._stats import StreamStats
 
-__all__ = ["Connector"]
+__all__ = ["Connector", "key_budget"]
 
 _log = get_logger("ohip_stream.stream")
 
@@ -89,6 +92,8 @@ class Connector:
         self._failure_offset: int | None = None
         self._first_contact_failures = 0
         self._nap: asyncio.Future[None] | None = None
+        # What the upgrade gate handed back, called when the next upgrade request leaves.
+        self._upgraded: Callable[[], object] | None = None
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -157,6 +162,12 @@ class Connector:
             if rest > 0:
                 _log.info("stream %s: waiting %.3g s, the gap after complete", self.label, rest)
                 await self._wait(rest, "gap", "")
+        await self._wait_for_budget()
+        gate = self.config.upgrade_gate
+        if gate is not None and not self.life.stopping:
+            await self._through_gate(gate)
+
+    async def _wait_for_budget(self) -> None:
         # The key's upgrade budget (§1: HTTP 429 past 150 upgrades in 2 minutes).
         wait = self.budget.wait_time(self.clock.monotonic())
         if wait > 0 and not self.life.stopping:
@@ -173,10 +184,52 @@ class Connector:
                 wait, "budget", f"{len(self.budget)} upgrades in {self.budget.window:g} s"
             )
 
+    async def _through_gate(self, gate: UpgradeGate) -> None:
+        """Await the caller's upgrade gate (WAITING for the budget meanwhile); a stop ends the
+        wait at once and cancels the gate's call."""
+        # The token first: once the gate lets the stream through, the upgrade follows at once,
+        # so that a budget counted by the gate and the gateway's count stay close together.
+        # A failure here is the connection's to report: it fetches the token again.
+        with contextlib.suppress(OhipError):
+            await self.config.auth.get_token()
+        if not self.life.to(StreamState.WAITING, Wait("budget", self.clock.time(), "upgrade gate")):
+            return
+        passing = asyncio.ensure_future(gate())
+        nap = self._nap = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait({passing, nap}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._nap = None
+            if not passing.done():
+                passing.cancel()
+                await asyncio.wait({passing})
+        error = None if passing.cancelled() else passing.exception()
+        if isinstance(error, OhipError):
+            raise error
+        if error is not None:
+            raise TransportError(
+                f"the upgrade gate failed: {type(error).__name__}: {redact(str(error))}"
+            ) from error
+        if not passing.cancelled():
+            # The gate may hand back a function to call when the upgrade request leaves.
+            result = passing.result()
+            self._upgraded = result if callable(result) else None
+
     def _record_upgrade(self) -> None:
         self.budget.record(self.clock.monotonic())
         if self.guard is not None:
             self.guard.record_upgrade(self.clock.time(), self.budget.window)
+        upgraded, self._upgraded = self._upgraded, None
+        if upgraded is not None:
+            try:
+                upgraded()
+            except Exception as exc:  # the caller's bookkeeping must not fail the connection
+                _log.warning(
+                    "stream %s: the upgrade gate's callback failed: %s: %s",
+                    self.label,
+                    type(exc).__name__,
+                    redact(str(exc)),
+                )
 
     async def _wait(self, seconds: float, reason: str, detail: str) -> None:
         """Wait ``seconds`` in the WAITING state; a stop ends the wait at once."""
@@ -317,6 +370,18 @@ class Connector:
                 action.cause,
                 action.kind.value,
             )
+
+
+def key_budget(config: StreamConfig, guard: StreamGuard | None, clock: Clock) -> UpgradeBudget:
+    """The upgrade budget of the stream's key in this process (shared by its streams)."""
+    budget, new = shared_budget(config.app_key, *config.timings.upgrade_budget)
+    if new and guard is not None:
+        # Upgrades made with this key by an earlier process (a crash and a restart) count
+        # too, or a crash loop would reach the 429. Once per process and key.
+        wall, mono = clock.time(), clock.monotonic()
+        for at in guard.recent_upgrades(budget.window, wall):
+            budget.record(mono - (wall - at))
+    return budget
 
 
 def _wait_reason(action: Action) -> str:

@@ -39,6 +39,7 @@ from ohip_stream._timings import Timings
 if TYPE_CHECKING:
     from ohip_stream._auth import TokenProvider
     from ohip_stream._checkpoints import CheckpointStore
+    from ohip_stream._config import UpgradeGate
     from ohip_stream._stream import EventStream, InvalidHandler
 
 __all__ = ["OhipSettings", "StreamOverrides"]
@@ -73,6 +74,7 @@ class StreamOverrides(TypedDict, total=False):
     standby: bool
     allow_insecure: bool
     first_contact_tries: int
+    upgrade_gate: UpgradeGate | None
 
 
 _OVERRIDES = StreamOverrides.__optional_keys__ | StreamOverrides.__required_keys__

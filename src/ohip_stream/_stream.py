@@ -25,7 +25,6 @@ from pathlib import Path
 from types import AsyncGeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ohip_stream._budget import shared_budget
 from ohip_stream._buffer import Buffer
 from ohip_stream._checkpointing import Checkpointer
 from ohip_stream._checkpoints import CheckpointStore, MemoryCheckpointStore
@@ -36,10 +35,11 @@ from ohip_stream._config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     InvalidHandler,
     StreamConfig,
+    UpgradeGate,
     build_config,
     take_guard,
 )
-from ohip_stream._connector import Connector
+from ohip_stream._connector import Connector, key_budget
 from ohip_stream._exceptions import ConfigurationError, OhipError, TransportError
 from ohip_stream._guard import StreamGuard
 from ohip_stream._iteration import Iteration
@@ -128,6 +128,12 @@ class EventStream:
             not found, connection refused, TLS handshake) ends it after this many tries with
             one line naming the gateway; after a first subscription, network failures are
             retried forever.
+        upgrade_gate: An async function awaited before every WebSocket upgrade (the first,
+            each reconnect, each rotation), after the gap and this process's upgrade budget;
+            the upgrade waits until it returns: a budget shared beyond this process (a fleet
+            passes one kept in its database). If it returns a function, that is called when the
+            upgrade request leaves. A stop cancels a wait in it; an error it raises ends the
+            stream, so it retries transient failures itself.
     """
 
     def __init__(
@@ -158,6 +164,7 @@ class EventStream:
         standby: bool = False,
         allow_insecure: bool = False,
         first_contact_tries: int = 3,
+        upgrade_gate: UpgradeGate | None = None,
     ) -> None:
         install_redaction()
         self._config: StreamConfig = build_config(
@@ -186,6 +193,7 @@ class EventStream:
             standby=standby,
             allow_insecure=allow_insecure,
             first_contact_tries=first_contact_tries,
+            upgrade_gate=upgrade_gate,
         )
         #: The stream's id: a short digest of gateway host, chain code and key, safe to print.
         self.stream_id = self._config.stream_id
@@ -292,13 +300,6 @@ class EventStream:
 
     def _assemble(self, config: StreamConfig) -> None:
         clock = self._clock
-        budget, new = shared_budget(config.app_key, *config.timings.upgrade_budget)
-        if new and self._guard is not None:
-            # Upgrades made with this key by an earlier process (a crash and a restart) count
-            # too, or a crash loop would reach the 429. Once per process and key.
-            wall, mono = clock.time(), clock.monotonic()
-            for at in self._guard.recent_upgrades(budget.window, wall):
-                budget.record(mono - (wall - at))
         commits = Commits(config.commit_every)
         checkpointer = Checkpointer(
             config.checkpoints if config.checkpoints is not None else MemoryCheckpointStore(),
@@ -324,7 +325,7 @@ class EventStream:
             stats=self.stats,
             checkpointer=checkpointer,
             guard=self._guard,
-            budget=budget,
+            budget=key_budget(config, self._guard, clock),
         )
         self._iteration = Iteration(
             config,

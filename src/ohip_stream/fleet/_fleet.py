@@ -6,7 +6,7 @@ One worker (one process) runs a control loop and one task per stream it owns::
         time to the lease's expiry minus the safety margin); release the leases of streams that
         ended; plan (balanced or greedy, see _assign); hand over the surplus (the stream
         completes, drains, commits, then the lease is released); claim free streams and start
-        them (each start paced through the fleet's upgrade budget)
+        them (each upgrade, start or not, takes a slot in the fleet's upgrade budget)
     watchdog, every margin / 4: a stream past its fence time stops itself (self-fencing): it is
         cancelled, which completes the subscription, and aborted if that takes longer than
         margin / 2, so that the next owner never meets a live connection
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -37,7 +38,14 @@ from ohip_stream.fleet._errors import LeaseStoreError, StaleEpochError
 from ohip_stream.fleet._fenced import FencedCheckpointStore
 from ohip_stream.fleet._file import load_streams_file
 from ohip_stream.fleet._model import Lease, StreamSpec
-from ohip_stream.fleet._runner import Handler, Owned, StreamFactory, consume
+from ohip_stream.fleet._runner import (
+    Handler,
+    Owned,
+    StreamFactory,
+    claim_then,
+    consume,
+    positive_seconds,
+)
 from ohip_stream.fleet._sink import sink_or_handler
 from ohip_stream.fleet._stats import FleetStats
 from ohip_stream.fleet._store import LeaseStore, open_lease_store
@@ -46,12 +54,6 @@ from ohip_stream.sinks._protocol import Sink
 __all__ = ["Fleet"]
 
 _log = get_logger("ohip_stream.fleet")
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{name} must be a number of seconds above 0, got {value!r}")
-    return float(value)
 
 
 class Fleet:
@@ -116,15 +118,11 @@ class Fleet:
         telemetry: Any = None,
     ) -> None:
         install_redaction()
-        if sink is None and not callable(handler):
-            raise ConfigurationError("handler must be a function handler(stream, event)")
         if assignment not in ("balanced", "greedy"):
-            raise ConfigurationError(
-                f"assignment must be 'balanced' or 'greedy', got {assignment!r}"
-            )
-        self.lease_time = _positive("lease_time", lease_time)
-        self.renew_interval = _positive("renew_interval", renew_interval or lease_time / 3)
-        self.safety_margin = _positive("safety_margin", safety_margin or lease_time / 4)
+            raise ConfigurationError(f"assignment is 'balanced' or 'greedy', not {assignment!r}")
+        self.lease_time = positive_seconds("lease_time", lease_time)
+        self.renew_interval = positive_seconds("renew_interval", renew_interval or lease_time / 3)
+        self.safety_margin = positive_seconds("safety_margin", safety_margin or lease_time / 4)
         if self.renew_interval + self.safety_margin >= self.lease_time:
             raise ConfigurationError(
                 "renew_interval + safety_margin must stay below lease_time (a renewal must be "
@@ -380,13 +378,21 @@ class Fleet:
                 _log.info("fleet worker %s hands %s over (balance)", self.worker_id, name)
                 self.stats.handovers += 1
                 self._stop_gracefully(o)
-        for name in moves.claim:
-            if self._stop.is_set():
-                return
-            began = loop.time()
-            lease = await store.claim(name, self.worker_id, self.lease_time)
-            if lease is not None:
-                self._start(specs[name], lease, began)
+        if self._stop.is_set():
+            return
+        began, me, ttl = loop.time(), self.worker_id, self.lease_time
+        # The round's claims at once; each stream starts as soon as its claim succeeded.
+        starts = {
+            name: functools.partial(self._claimed, began, specs[name]) for name in moves.claim
+        }
+        await asyncio.gather(*(claim_then(store, n, me, ttl, go) for n, go in starts.items()))
+
+    def _claimed(self, began: float, spec: StreamSpec, lease: Lease) -> None:
+        # Within the round or after it gave up: run the stream, or release it when stopping.
+        if spec.name not in self.owned and self._stop.is_set():
+            self._releases[spec.name] = lease.epoch
+        elif spec.name not in self.owned:
+            self._start(spec, lease, began)
 
     def _start(self, spec: StreamSpec, lease: Lease, began: float) -> None:
         self.stats.claims += 1
@@ -414,6 +420,7 @@ class Fleet:
                 handler=self.handler,
                 slots=self._slots,
                 rng=self._rng,
+                stats=self.stats,
             ),
             name=f"ohip-fleet-{spec.name}",
         )
@@ -441,12 +448,7 @@ class Fleet:
         # longer than half the margin, the second cancel aborts the connection.
         o.task.cancel()
         loop = asyncio.get_running_loop()
-        loop.call_later(self.safety_margin / 2, self._abort, o)
-
-    @staticmethod
-    def _abort(o: Owned) -> None:
-        if o.task is not None and not o.task.done():
-            o.task.cancel()
+        loop.call_later(self.safety_margin / 2, o.cancel_task)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -397,11 +397,11 @@ class PostgresLeaseStore:
 
         return await self._run(op)
 
-    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
+    async def confirm_upgrade(self, key_id: str, holder: str, ago: float = 0.0) -> None:
         await self._fetchall(
-            f"UPDATE ohip_fleet_upgrades SET at = {_NOW} WHERE key_id = %s AND holder = %s "
-            "RETURNING key_id",
-            (key_id, holder),
+            f"UPDATE ohip_fleet_upgrades SET at = GREATEST(at, {_NOW} - %s) "
+            "WHERE key_id = %s AND holder = %s RETURNING key_id",
+            (ago, key_id, holder),
         )
 
     async def aclose(self) -> None:

@@ -1,11 +1,12 @@
 """One stream a worker owns: build its :class:`~ohip_stream.EventStream` from the stream's
-specification and this worker's environment, pace its start through the fleet's upgrade budget,
-and hand its events to the user's handler, one at a time, in order."""
+specification and this worker's environment, with an upgrade gate that takes every upgrade (the
+start, each reconnect, each rotation) from the fleet's budget in the database, and hand its
+events to the user's handler, one at a time, in order."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,16 +20,26 @@ from ohip_stream._logging import get_logger, register_secret
 from ohip_stream._models import Event
 from ohip_stream._net import stream_id_for
 from ohip_stream._stream import EventStream
-from ohip_stream.fleet._errors import LeaseStoreError, LeaseStoreUnavailableError
+from ohip_stream.fleet._errors import LeaseStoreError
 from ohip_stream.fleet._fenced import FencedCheckpointStore
-from ohip_stream.fleet._model import StreamSpec
+from ohip_stream.fleet._model import Lease, StreamSpec
+from ohip_stream.fleet._stats import FleetStats
 from ohip_stream.fleet._store import LeaseStore
 
-__all__ = ["Handler", "Owned", "StreamFactory", "consume"]
+__all__ = [
+    "BudgetGate",
+    "Handler",
+    "Owned",
+    "StreamFactory",
+    "claim_then",
+    "consume",
+    "positive_seconds",
+]
 
 _log = get_logger("ohip_stream.fleet")
 
-_CONFIRM_POLL = 0.02
+#: The shortest wait before asking the fleet's budget again.
+_MIN_PAUSE = 0.05
 
 #: The user's code: ``handler(stream, event)``, sync or async.
 Handler = Callable[[StreamSpec, Event], "Awaitable[None] | None"]
@@ -52,7 +63,11 @@ class Owned:
     lost: bool = False
     error: BaseException | None = None
     handled: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cancel_task(self) -> None:
+        """Cancel the stream's task if it still runs (a second cancel aborts the connection)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
 
 @dataclass
@@ -119,9 +134,15 @@ class StreamFactory:
             await provider.aclose()
 
     def make(
-        self, spec: StreamSpec, checkpoints: FencedCheckpointStore, *, fresh: bool, epoch: int
-    ) -> tuple[EventStream, Any]:
-        """The stream and its (shared) token provider. ``fresh``: the stream has no checkpoint
+        self,
+        spec: StreamSpec,
+        checkpoints: FencedCheckpointStore,
+        *,
+        fresh: bool,
+        epoch: int,
+        gate: BudgetGate | None = None,
+    ) -> EventStream:
+        """The stream, its upgrades through ``gate``. ``fresh``: the stream has no checkpoint
         yet, so its ``start`` applies."""
         app_key = self.app_key(spec)
         auth = self.auth(spec, app_key)
@@ -136,7 +157,7 @@ class StreamFactory:
             # received but never processed. Replay what is retained instead, as the first
             # subscription of the stream did.
             start["offset"] = "0"
-        stream = EventStream(
+        return EventStream(
             gateway_url=spec.gateway_url,
             app_key=app_key,
             chain_code=spec.chain_code,
@@ -144,41 +165,113 @@ class StreamFactory:
             checkpoints=checkpoints,
             delta=spec.delta,
             hotel_codes=list(spec.hotel_codes) or None,
+            upgrade_gate=gate,
             **start,
             **self.options,
         )
-        return stream, auth
 
 
-async def pace_start(
-    store: LeaseStore,
-    key: str,
-    budget: tuple[int, float],
-    *,
-    rng: random.Random,
-    holder: str = "",
-    max_retry: float = 5.0,
-) -> float:
-    """Wait for a slot in the fleet's upgrade budget of the key (protocol §10: one budget per
-    application key across every worker); the seconds waited."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    count, window = budget
-    failures = 0
-    while True:
+def positive_seconds(name: str, value: float) -> float:
+    """A fleet option in seconds, checked: above 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return float(value)
+
+
+class BudgetGate:
+    """The upgrade gate of one owned stream (``EventStream(upgrade_gate=...)``): each call takes
+    a slot in the fleet's budget of the application key, shared by every worker (protocol
+    §10), and returns once it has one.
+
+    A database that cannot answer is asked again after a growing pause (up to ``max_retry``
+    seconds, logged each time), never in a tight loop; a stop or a fence cancels the wait.
+    """
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        key: str,
+        budget: tuple[int, float],
+        *,
+        rng: random.Random,
+        holder: str,
+        stats: FleetStats | None = None,
+        max_retry: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.budget = budget
+        self.rng = rng
+        self.holder = holder
+        self.stats = stats
+        self.max_retry = max_retry
+        #: Slots taken through this gate (one per upgrade of the stream).
+        self.taken = 0
+        self._confirming: set[asyncio.Task[None]] = set()
+
+    def _upgraded(self, holder: str) -> None:
+        """The upgrade request leaves now: the slot's record moves to this moment (a busy
+        process may upgrade a while after it took the slot; the window must count from the
+        upgrade, as the gateway's does)."""
+        task = asyncio.ensure_future(self._confirm(holder, asyncio.get_running_loop().time()))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, holder: str, upgraded_at: float) -> None:
         try:
-            wait = await store.take_upgrade(key, count, window, holder)
-        except LeaseStoreUnavailableError as exc:
-            failures += 1
-            wait = min(max_retry, 0.1 * 2**failures)
-            _log.warning(
-                "the fleet's upgrade budget cannot be read (%s): again in %.3g s", exc, wait
-            )
-        else:
-            if wait <= 0:
-                return loop.time() - began
-        # Jitter: the workers waiting on one key do not all come back at the same instant.
-        await asyncio.sleep(wait + rng.uniform(0, min(1.0, wait / 10)))
+            ago = asyncio.get_running_loop().time() - upgraded_at
+            await self.store.confirm_upgrade(self.key, holder, ago)
+        except LeaseStoreError as exc:  # the slot's time stands: budget_pad covers most delays
+            _log.info("%s: the upgrade's time was not recorded: %s", holder, exc)
+
+    async def __call__(self) -> Callable[[], None]:
+        """Take a slot; the function returned is called when the upgrade request leaves."""
+        count, window = self.budget
+        holder = f"{self.holder}#{self.taken + 1}"
+        failures = 0
+        while True:
+            try:
+                wait = await self.store.take_upgrade(self.key, count, window, holder)
+            except LeaseStoreError as exc:
+                failures += 1
+                wait = min(self.max_retry, 0.1 * 2**failures)
+                if self.stats is not None:
+                    self.stats.budget_errors += 1
+                _log.warning(
+                    "%s: the fleet's upgrade budget cannot be read (%s): again in %.3g s",
+                    self.holder,
+                    exc,
+                    wait,
+                )
+            else:
+                if wait <= 0:
+                    self.taken += 1
+                    if self.stats is not None:
+                        self.stats.upgrades += 1
+                    return functools.partial(self._upgraded, holder)
+                failures = 0
+            # Jitter: the workers waiting on one key do not all come back at the same instant;
+            # a floor: a crowd told "a few milliseconds" at a window's end does not spin.
+            pause = max(wait, _MIN_PAUSE)
+            await asyncio.sleep(pause + self.rng.uniform(0, min(1.0, max(0.1, pause / 10))))
+
+
+async def claim_then(
+    store: LeaseStore, stream: str, owner: str, ttl: float, claimed: Callable[[Lease], None]
+) -> None:
+    """``store.claim``, and ``claimed(lease)`` once it succeeded, even when the caller stopped
+    waiting first (a control round that ran out of time): otherwise the lease would be held by
+    no running stream until it expires."""
+    claiming = asyncio.ensure_future(store.claim(stream, owner, ttl))
+
+    def done(future: asyncio.Future[Lease | None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            lease = future.result()
+            if lease is not None:
+                claimed(lease)
+
+    claiming.add_done_callback(done)
+    await asyncio.shield(claiming)
 
 
 async def consume(
@@ -189,25 +282,25 @@ async def consume(
     handler: Handler,
     slots: asyncio.Semaphore,
     rng: random.Random,
+    stats: FleetStats | None = None,
 ) -> None:
-    """The task of one owned stream: pace, build, iterate, hand each event to the handler."""
+    """The task of one owned stream: build, iterate, hand each event to the handler (every
+    upgrade of the stream takes its slot in the fleet's budget through the stream's gate)."""
     spec = owned.spec
-    app_key = factory.app_key(spec)
+    gate = BudgetGate(
+        store,
+        key_id(factory.app_key(spec)),
+        factory.upgrade_budget,
+        rng=rng,
+        holder=f"{spec.name}#{owned.epoch}",
+        stats=stats,
+    )
     fresh = await store.load_checkpoint(factory.stream_id(spec)) is None
-    stream, auth = factory.make(spec, owned.checkpoints, fresh=fresh, epoch=owned.epoch)
+    stream = factory.make(spec, owned.checkpoints, fresh=fresh, epoch=owned.epoch, gate=gate)
     owned.stream = stream
     if factory.telemetry is not None:
         factory.telemetry.watch(stream)
     try:
-        # The token first: once the budget's slot is taken, the upgrade follows at once (the
-        # database's record and the gateway's count of the upgrade stay close together).
-        await auth.get_token()
-        key, holder = key_id(app_key), f"{spec.name}#{owned.epoch}"
-        await pace_start(store, key, factory.upgrade_budget, rng=rng, holder=holder)
-        if owned.stopping:
-            return
-        confirm = asyncio.create_task(_confirm_upgrade(stream, store, key, holder, factory))
-        owned.extra["confirm"] = confirm
         async with stream:
             if owned.stopping:
                 return
@@ -220,23 +313,3 @@ async def consume(
     finally:
         if factory.telemetry is not None:
             factory.telemetry.forget(stream)
-        confirm_task = owned.extra.pop("confirm", None)
-        if confirm_task is not None:
-            confirm_task.cancel()
-
-
-async def _confirm_upgrade(
-    stream: EventStream, store: LeaseStore, key: str, holder: str, factory: StreamFactory
-) -> None:
-    """Once the stream subscribed, move its budget record to now (the upgrade happened just
-    before): the window then counts from the real upgrade, later than the slot's taking, so a
-    slow start never lets the next window's upgrades come early (protocol §10)."""
-    _, window = factory.upgrade_budget
-    # The stream tells no one when it subscribed (no hook yet): its counters are looked at
-    # every 20 ms, for one window at most (past it, the record has left the window anyway).
-    for _ in range(max(1, int(window / _CONFIRM_POLL))):
-        if stream.stats.connected_since is not None:
-            with contextlib.suppress(LeaseStoreError):
-                await store.confirm_upgrade(key, holder)
-            return
-        await asyncio.sleep(_CONFIRM_POLL)

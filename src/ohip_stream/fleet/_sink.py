@@ -196,7 +196,7 @@ def sink_or_handler(
     """The fleet's handler: the user's, or (with a sink) one that keeps each event for the
     sink; and the :class:`FleetSinks` that make the streams' stores (``None``: no sink)."""
     if sink is None:
-        if handler is None:
+        if not callable(handler):
             raise ConfigurationError("handler must be a function handler(stream, event)")
         return None, handler
     sinks = FleetSinks(sink, store, handler)

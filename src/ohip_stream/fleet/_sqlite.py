@@ -365,11 +365,12 @@ class SQLiteLeaseStore:
 
         return await self._run(op)
 
-    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
+    async def confirm_upgrade(self, key_id: str, holder: str, ago: float = 0.0) -> None:
         await self._run(
             lambda c: c.execute(
-                f"UPDATE ohip_fleet_upgrades SET at = {_NOW} WHERE key_id = ? AND holder = ?",
-                (key_id, holder),
+                f"UPDATE ohip_fleet_upgrades SET at = max(at, {_NOW} - ?) "
+                "WHERE key_id = ? AND holder = ?",
+                (ago, key_id, holder),
             )
         )
 

@@ -106,9 +106,11 @@ class LeaseStore(Protocol):
         the last ``window`` seconds and return 0; else record nothing and return the seconds
         to wait."""
 
-    async def confirm_upgrade(self, key_id: str, holder: str) -> None:
-        """The holder's upgrade happened (now): its record moves to now, so that the window
-        counts from the real upgrade, never from the moment the slot was taken."""
+    async def confirm_upgrade(self, key_id: str, holder: str, ago: float = 0.0) -> None:
+        """The holder's upgrade happened ``ago`` seconds before now (a duration measured by the
+        worker, so that the time a busy worker or database takes to get here does not count):
+        its record moves to that moment, never earlier than the slot's taking, so that the
+        window counts from the real upgrade."""
 
     async def aclose(self) -> None:
         """Close the connections; idempotent."""

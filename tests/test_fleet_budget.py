@@ -3,10 +3,10 @@ across several workers meets zero HTTP 429s, and every stream is live within the
 minimum time plus 20 %.
 
 Scaled down by default (25 streams, 10 upgrades per 6 s window, 3 workers); ``OHIP_SOAK=long``
-runs the issue's figures with a shortened window (300 streams, 150 upgrades per 30 s, 4 workers).
-The window is shortened from Oracle's 120 s only as far as the time to open 150 connections
-in this one process (workers and emulator share it, about 4 s on two cores) stays small beside
-the 20 % allowed: with a 12 s window that time alone would be more than the allowance.
+runs the issue's figures with Oracle's budget (300 streams, 150 upgrades per 120 s, 4 workers;
+about two and a half minutes per backend). A shorter window is not the same test: opening 150
+connections in this one process (workers and emulator share it) takes 4 to 7 s on two cores,
+which a 30 s window's 20 % allowance (6 s) does not always cover, while Oracle's (24 s) does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from test_fleet import GAP, Handled, fleet_for, running, specs_for
 pytestmark = pytest.mark.slow
 
 LONG = os.environ.get("OHIP_SOAK") == "long"
-STREAMS, WORKERS, COUNT, WINDOW = (300, 4, 150, 30.0) if LONG else (25, 3, 10, 6.0)
+STREAMS, WORKERS, COUNT, WINDOW = (300, 4, 150, 120.0) if LONG else (25, 3, 10, 6.0)
 PAD = 0.5
 # The workers share this one process, and so the process's own budget of the key, which counts
 # the whole window (120 s by default): it gets the shortened window too, or it, not the fleet's
@@ -36,6 +36,7 @@ PAD = 0.5
 TIMINGS = FAST_TIMINGS.model_copy(update={"upgrade_budget": (COUNT, WINDOW)})
 
 
+@pytest.mark.timeout(WINDOW * 4 + 120)
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_cold_start_meets_no_429_and_ends_within_the_budget_plus_20_percent(
     backend: str, tmp_path: Path

@@ -61,10 +61,8 @@ __all__ = ["Ended", "Session", "SessionStart", "rotation_deadline"]
 _log = get_logger("ohip_stream.session")
 _ws_log = get_logger("ohip_stream.websockets")
 
-# What tells an event frame from the rest without parsing it (a frame taken for an event that
-# is not one is handed back by the caller's side, only later than now).
-# Looked up with bytes.find: `in` on bytes first tries its operand as an integer, raising and
-# clearing a TypeError each time, which costs more than the search itself.
+# An event frame, told from the rest without parsing (bytes.find: `in` on bytes first tries
+# its operand as an integer, raising and clearing a TypeError, which costs more than the search).
 _NEXT = b'"next"'
 
 
@@ -318,30 +316,25 @@ class Session:
 
     def frames_received(self, frames: list[RawFrame]) -> None:
         """The reader: event frames go to the buffer as they are, each run of them as one
-        batch; any other frame is handled in its place in the order.
-
-        Once a stop was asked, event frames are dropped (nothing more is handed out, so they
-        come again on the next run): the drain then reads on to the server's close instead of
-        filling the buffer and pausing the socket in front of it."""
+        batch; any other frame is handled in its place. Once a stop was asked, event frames are
+        dropped (they come again on the next run), so the drain reads on to the server's close
+        instead of filling the buffer and pausing the socket in front of it."""
         self.arrivals += len(frames)
-        streaming = self._streaming
         run: list[RawFrame] = []
         for data in frames:
-            if streaming and data.find(_NEXT) >= 0:
+            if self._streaming and data.find(_NEXT) >= 0:
                 run.append(data)
-                continue
-            if run:
+            else:
                 self._events_received(run)
                 run = []
-            self.control(data)
-            streaming = self._streaming
-        if run:
-            self._events_received(run)
+                self.control(data)
+        self._events_received(run)
 
     def _events_received(self, run: list[RawFrame]) -> None:
-        self.progress = True
-        if not self.life.stopping:
-            self.buffer.push(run)
+        if run:
+            self.progress = True
+            if not self.life.stopping:
+                self.buffer.push(run)
 
     def connection_ended(self, failure: Failure) -> None:
         self._streaming = False

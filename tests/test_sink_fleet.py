@@ -9,7 +9,6 @@ its next transaction rejected, nothing of it written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ from ohip_stream import ConfigurationError, MemoryCheckpointStore
 from ohip_stream.fleet import Fleet, StaleEpochError, StreamSpec, open_lease_store
 from ohip_stream.sinks import Batch, PostgresSink, SinkCheckpoints
 from ohip_stream.testing import Emulator
+from test_fleet import running
 
 CHAINS = ["CHA", "CHB", "CHC", "CHD"]
 
@@ -112,17 +112,6 @@ def fleet_for(emu: Emulator, url: str, tmp_path: Path, sink: Any, worker: str, *
     }
     options.update(kw)
     return Fleet(url, **options)
-
-
-@contextlib.asynccontextmanager
-async def running(fleet: Fleet) -> AsyncIterator[Fleet]:
-    async with fleet:
-        task = asyncio.create_task(fleet.run())
-        try:
-            yield fleet
-        finally:
-            fleet.request_stop()
-            await asyncio.wait_for(task, 20)
 
 
 async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:

@@ -23,6 +23,7 @@ from helpers.streams import FAST_TIMINGS
 from helpers.streams import emulator_auth as auth_for
 from ohip_stream import (
     AuthenticationError,
+    CheckpointError,
     ConnectionRejectedError,
     ConsumerAlreadyRunningError,
     Event,
@@ -795,3 +796,38 @@ async def test_each_commit_batch_is_one_process_duration_for_telemetry(
     assert all(seconds >= 0 for _, seconds in batches)
     watched = telemetry._watched[stream.stream_id]
     assert watched.process_count >= 2  # the batch of 2 events, then the rest at the block's end
+
+
+class _RefusingStore(MemoryCheckpointStore):
+    """Writes until told to refuse, then refuses for good (a fleet's stale epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = False
+
+    async def save(self, stream_id: str, checkpoint: Any) -> None:
+        if self.refuse:
+            raise CheckpointError("the lease's epoch moved: this worker may not write")
+        await super().save(stream_id, checkpoint)
+
+
+async def test_a_refused_timed_commit_hands_out_nothing_more(emu: Emulator, tmp_path: Path) -> None:
+    # A permanent store error in a commit nobody awaits (the commit interval's) ends the stream
+    # before the next event, not after the frames already buffered: they were never processed.
+    await emu.publish(count=30)
+    store = _RefusingStore()
+    stream = stream_for(emu, tmp_path, checkpoints=store, commit_interval=0.05)
+
+    async def consume() -> None:
+        async with stream:
+            # the first events: one commit is awaited (the interval passed while connecting),
+            # the event after it is processed and waits for the next, timed, commit
+            assert offsets(await take(stream, 3)) == [1, 2, 3]
+            store.refuse = True
+            await asyncio.sleep(0.3)  # the interval passes; the timed commit is refused
+            with pytest.raises(CheckpointError, match="epoch moved"):
+                await take(stream, 1)
+
+    with pytest.raises(CheckpointError):  # leaving the block cannot commit either
+        await consume()
+    assert stream.stats.events == 3

@@ -101,6 +101,13 @@ class Iteration:
         """End the stream with ``error``: raised to the caller after the frames before it."""
         self.buffer.put(_Fatal(error))
 
+    def fail_now(self, error: OhipError) -> None:
+        """End the stream with ``error`` before the next event, whatever is buffered (a
+        checkpoint that may no longer be written: nothing more is handed out)."""
+        self._fatal = error
+        self._attention = True
+        self.buffer.wake()
+
     async def events(self) -> AsyncGenerator[Event, None]:
         """The caller's iteration (see the module docstring)."""
         commits = self.commits

@@ -336,7 +336,7 @@ class EventStream:
             checkpointer=checkpointer,
             start=self._start,
         )
-        checkpointer.on_fatal = self._iteration.fail
+        checkpointer.on_fatal = self._iteration.fail_now
 
     async def __aexit__(
         self,

@@ -88,11 +88,8 @@ class Buffer:
     def push(self, batch: list[RawFrame]) -> None:
         """Append a batch of received frames (not empty); pause the reader when the buffer is
         full."""
-        size = sum(map(len, batch))
         self.items.append(batch)
-        self._sizes.append(size)
-        self.frames += len(batch)
-        self.bytes += size
+        self._sizes.append(self._count(batch))
         if self._waiter is not None:
             self._wake()
         if not self.paused and self._full:
@@ -118,11 +115,15 @@ class Buffer:
 
     def put_back(self, batch: list[RawFrame]) -> None:
         """Return frames the caller took and did not hand out to the front (not empty)."""
-        size = sum(map(len, batch))
         self.items.appendleft(batch)
-        self._sizes.appendleft(size)
+        self._sizes.appendleft(self._count(batch))
+
+    def _count(self, batch: list[RawFrame]) -> int:
+        """Count a batch's frames and bytes in the buffer; its bytes."""
+        size = sum(map(len, batch))
         self.frames += len(batch)
         self.bytes += size
+        return size
 
     async def wait(self) -> None:
         """Wait until an item is appended (or :meth:`wake` is called)."""

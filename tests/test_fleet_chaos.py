@@ -32,6 +32,8 @@ from typing import Any
 LEASE = 6.0
 GAP = 0.5
 COMMIT_EVERY = 10
+POOL = 4  # connections per worker: up to 10 workers (frozen ones hold theirs) stay well
+# under PostgreSQL's default max_connections of 100
 CHAINS = [f"K{i:02}" for i in range(40)]
 LONG = os.environ.get("OHIP_SOAK") == "long"
 
@@ -41,7 +43,7 @@ LONG = os.environ.get("OHIP_SOAK") == "long"
 
 def worker_main(dsn: str, worker_id: str, log_path: str, lock_dir: str) -> None:
     from ohip_stream import Timings
-    from ohip_stream.fleet import Fleet
+    from ohip_stream.fleet import Fleet, PostgresLeaseStore
 
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - one line per event, flushed
     logging.basicConfig(
@@ -70,7 +72,7 @@ def worker_main(dsn: str, worker_id: str, log_path: str, lock_dir: str) -> None:
 
     async def main() -> None:
         fleet = Fleet(
-            dsn,
+            PostgresLeaseStore(dsn, max_size=POOL),
             handler=handle,
             worker_id=worker_id,
             lease_time=LEASE,
@@ -85,9 +87,12 @@ def worker_main(dsn: str, worker_id: str, log_path: str, lock_dir: str) -> None:
             settle=1.2,
             upgrade_budget=(2000, 120.0),  # as the chaos emulator's (chaos_emulator.BUDGET)
         )
-        async with fleet:
-            fleet.install_signal_handlers()
-            await fleet.run()
+        try:
+            async with fleet:
+                fleet.install_signal_handlers()
+                await fleet.run()
+        finally:
+            await fleet.store.aclose()
         sys.stderr.write(f"STATS {json.dumps(fleet.stats.__dict__)}\n")
 
     asyncio.run(main())
@@ -115,7 +120,12 @@ class Worker:
         self.log = chaos.tmp / f"{worker_id}.jsonl"
         self.err = chaos.tmp / f"{worker_id}.err"
         self.proxy = TcpProxy(chaos.pg_host, chaos.pg_port).start()
-        dsn = with_params(chaos.dsn, host="127.0.0.1", port=str(self.proxy.port))
+        dsn = with_params(
+            chaos.dsn,
+            host="127.0.0.1",
+            port=str(self.proxy.port),
+            application_name=f"chaos-{worker_id}",
+        )
         self._err_file = self.err.open("w")
         self.proc = subprocess.Popen(
             [
@@ -207,6 +217,7 @@ class Chaos:
         self.cuts = 0
         self.added = self.removed = 0
         self.disruptions = 0
+        self.peak_connections = 0  # the most database connections one worker held
         self._n = 0
 
     def add(self) -> Worker:
@@ -258,6 +269,17 @@ class Chaos:
         else:
             self.add()
             self.added += 1
+
+    def sample_connections(self) -> None:
+        """Each worker's open database connections, seen by the server."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'chaos-w%' "
+                "GROUP BY application_name"
+            ).fetchall()
+        self.peak_connections = max([self.peak_connections, *(int(n) for (n,) in rows)])
 
     def handled(self) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []
@@ -327,6 +349,7 @@ async def play(chaos: Chaos, rounds: int, seconds: float) -> None:
             action = actions[index % 4] if index < 4 else chaos.rng.choice(actions)
             await action()
             await asyncio.sleep(2.0)
+            await asyncio.to_thread(chaos.sample_connections)
             index += 1
     finally:
         await chaos.stop_publishing()
@@ -385,11 +408,13 @@ def check(chaos: Chaos, records: dict[str, Any]) -> dict[str, Any]:
         "failovers": len(failovers),
         "disruptions": chaos.disruptions,
         "handled": len(handled),
+        "peak_worker_connections": chaos.peak_connections,
     }
 
 
 def assert_chaos(result: dict[str, Any]) -> None:
     assert result["overlaps"] == 0, result
+    assert 0 < result["peak_worker_connections"] <= POOL, result
     assert result["rejections"] - result["rejections_after_freeze"] == 0, result
     assert result["missing"] == {}, result
     # At most one commit batch again per disruption that could hit the stream.

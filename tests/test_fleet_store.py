@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -294,3 +295,79 @@ async def test_the_database_clock_moves(store: LeaseStore) -> None:
     first = await store.now()
     await asyncio.sleep(0.05)
     assert await store.now() > first
+
+
+async def test_a_worker_paused_inside_a_transaction_holds_its_rows_for_timeout_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker frozen (SIGSTOP, a paused VM) while it holds the budget row's lock would stall
+    every other worker's upgrades for as long as it stays frozen: the server ends its session
+    once it has been idle in its transaction for the store's ``timeout``."""
+    psycopg = pytest.importorskip("psycopg")
+    from ohip_stream.fleet import LeaseStoreUnavailableError, PostgresLeaseStore
+
+    frozen = asyncio.Event()
+    original = psycopg.AsyncConnection.execute
+
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        cursor = await original(self, query, *args, **kwargs)
+        if "FOR UPDATE" in str(query) and not frozen.is_set():
+            frozen.set()
+            await asyncio.Event().wait()  # frozen with the lock held, until cancelled
+        return cursor
+
+    async def take_within(store: PostgresLeaseStore, seconds: float) -> float:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            try:
+                return await asyncio.wait_for(store.take_upgrade("key", 10, 60.0), seconds)
+            except LeaseStoreUnavailableError:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.05)
+
+    async with database_url("postgres", tmp_path) as url:
+        paused, other = PostgresLeaseStore(url, timeout=0.5), PostgresLeaseStore(url, timeout=0.5)
+        try:
+            await paused.setup()
+            monkeypatch.setattr(psycopg.AsyncConnection, "execute", execute)
+            holder = asyncio.create_task(paused.take_upgrade("key", 10, 60.0))
+            await frozen.wait()
+            # The paused worker never moves again, yet the row is free within about 0.5 s.
+            assert await take_within(other, 2.0) == 0.0
+            assert not holder.done()
+            holder.cancel()
+            with pytest.raises((asyncio.CancelledError, LeaseStoreUnavailableError)):
+                await holder
+        finally:
+            holder.cancel()
+            monkeypatch.undo()
+            await paused.aclose()
+            await other.aclose()
+
+
+async def test_a_statement_waits_for_a_locked_row_for_timeout_at_most(tmp_path: Path) -> None:
+    """A row held by a session the fleet does not configure (an operator's open transaction)
+    fails the fleet's statement after ``timeout`` with a retriable error, instead of blocking
+    the worker's round."""
+    psycopg = pytest.importorskip("psycopg")
+    from ohip_stream.fleet import LeaseStoreUnavailableError, PostgresLeaseStore
+
+    async with database_url("postgres", tmp_path) as url:
+        store = PostgresLeaseStore(url, timeout=0.3)
+        try:
+            await store.setup()
+            assert await store.take_upgrade("key", 10, 60.0) == 0.0
+            async with await psycopg.AsyncConnection.connect(url) as operator:
+                await operator.execute(
+                    "SELECT key_id FROM ohip_fleet_budgets WHERE key_id = 'key' FOR UPDATE"
+                )
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                with pytest.raises(LeaseStoreUnavailableError, match="lock"):
+                    await asyncio.wait_for(store.take_upgrade("key", 10, 60.0), 5.0)
+                assert loop.time() - began < 2.0
+                await operator.rollback()
+            assert await store.take_upgrade("key", 10, 60.0) == 0.0
+        finally:
+            await store.aclose()

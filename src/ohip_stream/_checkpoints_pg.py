@@ -117,6 +117,23 @@ def where_of(conninfo: str, table: str) -> str:
     return f"PostgreSQL {host}:{port}/{dbname}, table {table}"
 
 
+def bounded_locks(timeout: float) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    """A pool's ``configure`` for the project's own pools: on each new connection, a statement
+    waits for a row another session holds at most ``timeout`` seconds, and the server ends
+    this session if it stays idle inside a transaction that long (its process frozen by a
+    SIGSTOP or a paused VM), which frees the rows it held for everyone else."""
+    milliseconds = str(max(1, round(timeout * 1000)))
+
+    async def configure(conn: AsyncConnection[Any]) -> None:
+        await conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            (milliseconds, milliseconds),
+        )
+
+    return configure
+
+
 class PostgresCheckpointStore:
     """Durable checkpoints in a PostgreSQL table, for consumers on many hosts.
 
@@ -216,6 +233,7 @@ class PostgresCheckpointStore:
                     # A connection the server dropped (a restart, an idle timeout) is replaced
                     # before use instead of failing one operation per pooled connection.
                     check=AsyncConnectionPool.check_connection,
+                    configure=bounded_locks(self.timeout),
                 )
                 await pool.open(wait=False)
                 self._pool = pool

@@ -9,6 +9,10 @@ A checkpoint write takes the lease row ``FOR SHARE`` in its transaction: a claim
 ``UPDATE`` of that row) waits until the write is committed, so no write from an old epoch can
 land after a new owner took the stream. The checkpoints go to the table of
 :class:`~ohip_stream.PostgresCheckpointStore` (``ohip_stream_checkpoints``).
+
+Row locks are bounded in time on the server's side: a worker frozen inside a transaction (a
+SIGSTOP, a paused VM) would otherwise hold the budget row, and stall every other worker's
+upgrades, for as long as it stays frozen.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ohip_stream._checkpoints import Checkpoint
-from ohip_stream._checkpoints_pg import _INSTALL_HINT, Statements, where_of
+from ohip_stream._checkpoints_pg import _INSTALL_HINT, Statements, bounded_locks, where_of
 from ohip_stream._exceptions import ConfigurationError
 from ohip_stream._logging import redact
 from ohip_stream.fleet._errors import (
@@ -68,8 +72,12 @@ def _lease(row: Any) -> Lease:
 class PostgresLeaseStore:
     """Leases, workers, streams, checkpoints and the upgrade budget in PostgreSQL.
 
-    ``timeout`` is how long an operation waits for a pooled connection before it raises
-    :class:`~ohip_stream.fleet.LeaseStoreUnavailableError`; ``max_size`` bounds the pool.
+    ``timeout`` is how long an operation waits for a pooled connection, and a statement for a
+    row another worker holds, before it raises
+    :class:`~ohip_stream.fleet.LeaseStoreUnavailableError`; a session left idle inside a
+    transaction that long (its worker frozen) is ended by the server, which frees its rows.
+    ``max_size`` bounds the pool: keep ``workers x max_size`` under the server's
+    ``max_connections``.
     """
 
     def __init__(self, dsn: str, *, timeout: float = 5.0, max_size: int = 10) -> None:
@@ -107,6 +115,7 @@ class PostgresLeaseStore:
                     name="ohip-stream-fleet",
                     timeout=self.timeout,
                     check=AsyncConnectionPool.check_connection,
+                    configure=bounded_locks(self.timeout),
                 )
                 await pool.open(wait=False)
                 self._pool = pool

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ohip_stream._checkpoints_pg import (
     PostgresCheckpointStore,
     Statements,
+    bounded_locks,
     quoted_table,
     where_of,
 )
@@ -170,6 +171,7 @@ class PostgresSink:
                 timeout=self._timeout,
                 # No check before each use (one round trip per batch): a connection the
                 # server dropped fails its batch as transient, and the batch is retried.
+                configure=bounded_locks(self._timeout),
             )
         elif isinstance(dsn_or_pool, AsyncConnectionPool):
             self.where = f"PostgreSQL pool {dsn_or_pool.name}, table {table}"

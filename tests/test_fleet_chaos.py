@@ -386,6 +386,7 @@ def check(chaos: Chaos, records: dict[str, Any]) -> dict[str, Any]:
             ]
             if later:
                 failovers.append(min(later) - killed_at)
+    resubscribed = failover_by_subscription(chaos, handled, records["subscriptions"])
     statuses = [status for _, status in records["upgrades"]]
     return {
         "overlaps": len(records["overlaps"]),
@@ -406,10 +407,34 @@ def check(chaos: Chaos, records: dict[str, Any]) -> dict[str, Any]:
         "failover_max": round(max(failovers, default=0.0), 2),
         "failover_median": round(statistics.median(failovers), 2) if failovers else 0.0,
         "failovers": len(failovers),
+        # From the kill to the next accepted subscription of each stream the killed worker was
+        # handling (the gateway's record, without waiting for the next published event).
+        "resubscribe_max": round(max(resubscribed, default=0.0), 2),
+        "resubscribe_median": round(statistics.median(resubscribed), 2) if resubscribed else 0.0,
         "disruptions": chaos.disruptions,
         "handled": len(handled),
         "peak_worker_connections": chaos.peak_connections,
     }
+
+
+def failover_by_subscription(
+    chaos: Chaos, handled: list[dict[str, Any]], subscriptions: list[list[Any]]
+) -> list[float]:
+    """Seconds from each kill to the next accepted subscription of every stream the killed
+    worker was handling then (an event of it in the 3 s before the kill)."""
+    by_chain: dict[str, list[float]] = defaultdict(list)
+    for chain, at in subscriptions:
+        by_chain[chain].append(at)
+    seconds = []
+    for killed_at, worker in chaos.kills:
+        live = {
+            i["s"] for i in handled if i["w"] == worker and killed_at - 3.0 <= i["t"] <= killed_at
+        }
+        for stream in live:
+            later = [at for at in by_chain[stream.split(":", 1)[1]] if at > killed_at]
+            if later:
+                seconds.append(min(later) - killed_at)
+    return seconds
 
 
 def assert_chaos(result: dict[str, Any]) -> None:
@@ -419,7 +444,10 @@ def assert_chaos(result: dict[str, Any]) -> None:
     assert result["missing"] == {}, result
     # At most one commit batch again per disruption that could hit the stream.
     assert result["max_duplicates"] <= COMMIT_EVERY * result["disruptions"], result
-    # One event per chain per second: a failover shows within one publish interval.
+    # The gateway's record: the stream is subscribed again within lease time + the gap + 5 s.
+    assert 0 < result["resubscribe_max"] <= LEASE + GAP + 5, result
+    # The handlers' log: one event per chain per second, so the first event after a failover
+    # may come up to one publish interval after the subscription.
     assert 0 < result["failover_max"] <= LEASE + GAP + 5 + 1.0, result
 
 

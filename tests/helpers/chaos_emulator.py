@@ -6,7 +6,8 @@ JSON line with the connection settings, then answers commands on stdin, one JSON
 
 * ``publish``: publish one event per chain every second from now on;
 * ``stop``: stop publishing; answers the offsets published, by chain;
-* ``records``: the emulator's records (overlapping subscriptions, 4409 rejections, upgrades);
+* ``records``: the emulator's records (overlapping subscriptions, 4409 rejections, upgrades,
+  accepted subscriptions);
 * ``quit`` or the end of stdin: stop serving.
 """
 
@@ -45,6 +46,9 @@ def records(emu: Emulator) -> dict[str, Any]:
             for r in emu.subscribe_rejections
         ],
         "upgrades": [[u.at, u.status] for u in emu.upgrades],
+        "subscriptions": [
+            [c.chain_code, c.subscribed_at] for c in emu.connections if c.subscribed_at is not None
+        ],
         "connections": len(emu.connections),
     }
 

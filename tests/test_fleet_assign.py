@@ -65,6 +65,32 @@ def test_held_streams_are_not_claimed_but_expired_ones_are() -> None:
     assert sorted(moves.claim) == ["s2", "s3"]
 
 
+def test_a_stream_expired_longer_than_the_grace_is_claimed_above_the_share() -> None:
+    """Worker c is live (its heartbeat has not expired) but takes nothing, frozen: the shares
+    count it, so a and b are at their share and s4, s5 would wait for c's heartbeat to expire.
+    Once their leases expired ``grace`` ago, a takes them anyway."""
+    streams = [f"s{i}" for i in range(6)]
+    leases = {s: held(s, "a" if s in ("s0", "s1") else "b") for s in ("s0", "s1", "s2", "s3")}
+    leases["s4"] = Lease("s4", "dead", 1, -0.5, 0.0)  # expired 0.5 s ago
+    leases["s5"] = Lease("s5", "dead", 1, -2.0, 0.0)  # expired 2 s ago
+    common = {
+        "me": "a",
+        "streams": streams,
+        "leases": leases,
+        "workers": ["a", "b", "c"],
+        "mine": {"s0", "s1"},
+        "now": NOW,
+    }
+    assert plan(**common).claim == ()  # share ceil(6 / 3) = 2: a has its share
+    assert plan(**common, grace=1.0).claim == ("s5",)
+    assert sorted(plan(**common, grace=0.4).claim) == ["s4", "s5"]
+    assert plan(**common, grace=0.4, max_streams=3).claim in (("s4",), ("s5",))
+    # A released stream (no owner) and a held one never count as overdue.
+    leases["s4"] = Lease("s4", None, 2, None)
+    leases["s5"] = held("s5", "c")
+    assert plan(**common, grace=0.1).claim == ()
+
+
 def test_excluded_and_max_streams_limit_the_claims() -> None:
     streams = [f"s{i}" for i in range(6)]
     moves = plan(

@@ -8,6 +8,11 @@ stream it took less than ``min_stay`` seconds ago (no stream moves twice within 
 fifth worker joining four moves at most ``ceil(N / 5)`` streams, and a leaving worker's streams
 go to those below the new share as their leases are released or expire.
 
+A stream whose lease expired at least ``grace`` seconds ago and that nobody claimed meanwhile
+is claimed by any worker, above its share: the workers below their share had a round to take it
+and did not (one of them frozen, say, and still counted as live until its heartbeat expires), and
+a stream without a consumer costs more than a worker above its share for ``min_stay``.
+
 Greedy: a worker claims every free stream (up to ``max_streams``) and hands nothing over.
 """
 
@@ -44,10 +49,12 @@ def plan(
     min_stay: float = 300.0,
     now: float,
     excluded: Collection[str] = (),
+    grace: float | None = None,
 ) -> Plan:
     """This worker's moves. ``mine``: the streams it runs; ``now``: the database's clock
     (compared with ``Lease.acquired_at``); ``excluded``: streams it must not claim now (a
-    stream that failed here a moment ago)."""
+    stream that failed here a moment ago); ``grace``: how long an expired lease waits for a
+    worker below its share before any worker claims it (``None``: it waits for the shares)."""
     live = set(workers) | {me}
     total = len(streams)
     share = math.ceil(total / len(live)) if balanced else total
@@ -56,7 +63,12 @@ def plan(
     owned = [s for s in streams if s in mine]
     free = [s for s in streams if s not in mine and s not in excluded and not _held(leases.get(s))]
     wanted = max(0, share - len(owned))
-    claim = tuple(_spread(free, me)[:wanted])
+    ordered = _spread(free, me)
+    claim = tuple(ordered[:wanted])
+    if grace is not None:
+        room = len(ordered) if max_streams is None else max_streams - len(owned) - len(claim)
+        overdue = [s for s in ordered[wanted:] if _expired_for(leases.get(s)) >= grace]
+        claim += tuple(overdue[: max(0, room)])
     if not balanced or len(owned) <= share:
         return Plan(claim=claim)
     floor = total // len(live)
@@ -74,6 +86,13 @@ def plan(
     # The streams held longest go first.
     movable.sort(key=lambda s: (leases[s].acquired_at or 0.0) if s in leases else 0.0)
     return Plan(claim=claim, release=tuple(movable[: len(owned) - share]))
+
+
+def _expired_for(lease: Lease | None) -> float:
+    """How long ago an owned lease expired (0 for a held, released or missing one)."""
+    if lease is None or lease.owner is None or lease.remaining is None:
+        return 0.0
+    return max(0.0, -lease.remaining)
 
 
 def _held(lease: Lease | None) -> bool:

@@ -371,6 +371,7 @@ class Fleet:
             min_stay=self.min_stay,
             now=now,
             excluded=excluded,
+            grace=self.renew_interval,
         )
         for name in moves.release:
             o = self.owned.get(name)

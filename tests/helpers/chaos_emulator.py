@@ -47,7 +47,9 @@ def records(emu: Emulator) -> dict[str, Any]:
         ],
         "upgrades": [[u.at, u.status] for u in emu.upgrades],
         "subscriptions": [
-            [c.chain_code, c.subscribed_at] for c in emu.connections if c.subscribed_at is not None
+            [c.chain_code, c.subscribed_at, c.closed_at, c.closed_by]
+            for c in emu.connections
+            if c.subscribed_at is not None
         ],
         "connections": len(emu.connections),
     }

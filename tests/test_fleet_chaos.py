@@ -372,6 +372,7 @@ def check(chaos: Chaos, records: dict[str, Any]) -> dict[str, Any]:
         if set(offsets) - set(seen[s])
     }
     duplicates = {s: len(v) - len(set(v)) for s, v in seen.items() if len(v) != len(set(v))}
+    longest_replay = max((longest_run(offsets) for offsets in seen.values()), default=0)
     stale = sum(w.err.read_text().count("rejected, the lease has") for w in chaos.all_workers)
     rejections = records["rejections"]
     after_freeze = [
@@ -405,6 +406,7 @@ def check(chaos: Chaos, records: dict[str, Any]) -> dict[str, Any]:
         "missing": missing,
         "duplicates": duplicates,
         "max_duplicates": max(duplicates.values(), default=0),
+        "longest_replay": longest_replay,
         "stale_rejections": stale,
         "failover_max": round(max(failovers, default=0.0), 2),
         "failover_median": round(statistics.median(failovers), 2) if failovers else 0.0,
@@ -417,6 +419,20 @@ def check(chaos: Chaos, records: dict[str, Any]) -> dict[str, Any]:
         "handled": len(handled),
         "peak_worker_connections": chaos.peak_connections,
     }
+
+
+def longest_run(offsets: list[str]) -> int:
+    """The most consecutive offsets of one stream that were handled more than once: what one
+    fault made the stream process again."""
+    counts = defaultdict(int)
+    for offset in offsets:
+        counts[int(offset)] += 1
+    longest = run = 0
+    previous = None
+    for offset in sorted(o for o, n in counts.items() if n > 1):
+        run = run + 1 if previous is not None and offset == previous + 1 else 1
+        previous, longest = offset, max(longest, run)
+    return longest
 
 
 def failover_by_subscription(chaos: Chaos, subscriptions: list[list[Any]]) -> list[float]:
@@ -449,7 +465,9 @@ def assert_chaos(result: dict[str, Any]) -> None:
     assert 0 < result["peak_worker_connections"] <= POOL, result
     assert result["rejections"] - result["rejections_after_freeze"] == 0, result
     assert result["missing"] == {}, result
-    # At most one commit batch again per disruption that could hit the stream.
+    # At most one commit batch again per disruption that could hit the stream: each run of
+    # consecutive offsets handled again is one batch at most (the event in hand included).
+    assert result["longest_replay"] <= COMMIT_EVERY + 1, result
     assert result["max_duplicates"] <= COMMIT_EVERY * result["disruptions"], result
     # The gateway's record: the stream is subscribed again within lease time + the gap + 5 s.
     assert 0 < result["resubscribe_max"] <= LEASE + GAP + 5, result

@@ -50,21 +50,30 @@ class FencedCheckpointStore:
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
         """Write the checkpoint if the lease still has this store's epoch."""
-        if self._stale is not None:
-            self.rejected += 1
-            _observe_writer()
-            raise StaleEpochError(self.stream, self.epoch, self._stale.current)
+        self._refuse_if_stale()
         try:
             await self.store.save_checkpoint(
                 stream_id, checkpoint, stream=self.stream, epoch=self.epoch
             )
         except StaleEpochError as exc:
-            self.rejected += 1
-            self._stale = exc
-            _observe_writer()
-            if self.on_stale is not None:
-                self.on_stale(exc)
+            self._reject(exc)
             raise
+
+    def _refuse_if_stale(self) -> None:
+        """Once a write was rejected, every later one is refused at once (and counted)."""
+        if self._stale is not None:
+            self.rejected += 1
+            _observe_writer()
+            raise StaleEpochError(self.stream, self.epoch, self._stale.current)
+
+    def _reject(self, exc: StaleEpochError) -> None:
+        """A write was rejected: nothing more is written from this store, and ``on_stale``
+        (the fleet, which stops the stream) hears it."""
+        self.rejected += 1
+        self._stale = exc
+        _observe_writer()
+        if self.on_stale is not None:
+            self.on_stale(exc)
 
     def __repr__(self) -> str:
         return f"FencedCheckpointStore(stream={self.stream!r}, epoch={self.epoch})"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ohip_stream._exceptions import CheckpointError, CheckpointUnavailableError, ConfigurationError
 from ohip_stream.fleet._errors import StaleEpochError
-from ohip_stream.fleet._fenced import FencedCheckpointStore, _observe_writer
+from ohip_stream.fleet._fenced import FencedCheckpointStore
 from ohip_stream.fleet._runner import Handler
 from ohip_stream.fleet._store import LeaseStore
 from ohip_stream.sinks._protocol import Batch, DeliveryError, DeliveryUnavailableError, Sink
@@ -71,13 +71,6 @@ class SinkCheckpointStore(FencedCheckpointStore):
         self.sink = sink
         self._in_transaction = _writes_offset(sink)
         self._kept: list[Event] = []
-        self._refused: StaleEpochError | None = None
-
-    @property
-    def stale(self) -> bool:
-        """Whether a write was rejected (the checkpoint's or a batch's): nothing more is
-        written from this store."""
-        return self._refused is not None or super().stale
 
     @property
     def kept(self) -> int:
@@ -108,11 +101,9 @@ class SinkCheckpointStore(FencedCheckpointStore):
             raise StaleEpochError(self.stream, self.epoch, current)
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
-        """Deliver the events the checkpoint covers, and write it; fenced by the epoch."""
-        if self._refused is not None:
-            self.rejected += 1
-            _observe_writer()
-            raise StaleEpochError(self.stream, self.epoch, self._refused.current)
+        """Deliver the events the checkpoint covers, and write it; fenced by the epoch (a
+        rejected batch, like a rejected checkpoint, makes the store stale)."""
+        self._refuse_if_stale()
         count = self._due(checkpoint.offset)
         if count == 0:
             await super().save(stream_id, checkpoint)
@@ -138,12 +129,8 @@ class SinkCheckpointStore(FencedCheckpointStore):
         del self._kept[:count]
 
     def _reject(self, exc: StaleEpochError) -> None:
-        self.rejected += 1
-        self._refused = exc
-        self._kept.clear()
-        _observe_writer()
-        if self.on_stale is not None:
-            self.on_stale(exc)
+        self._kept.clear()  # nothing more is delivered from this store
+        super()._reject(exc)
 
     def __repr__(self) -> str:
         return f"SinkCheckpointStore(stream={self.stream!r}, epoch={self.epoch})"

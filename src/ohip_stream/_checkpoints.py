@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from ohip_stream._checkpoints_sqlite import sqlite_failure
+from ohip_stream._checkpoints_sqlite import sqlite_failure, sqlite_failure_kind
 from ohip_stream._exceptions import CheckpointError, ConfigurationError
 
 __all__ = ["Checkpoint", "CheckpointStore", "MemoryCheckpointStore", "SQLiteCheckpointStore"]
@@ -140,6 +140,22 @@ _UPSERT = (
 
 _Row = tuple[str | None, str | None, float | None, float, str | None, str | None]
 
+#: Saves between two checkpoints of the WAL into the database file (a save adds a page or two
+#: to the WAL; SQLite's own automatic checkpoint comes at 1,000 pages).
+WAL_MERGE_EVERY = 200
+
+
+def _values(stream_id: str, cp: Checkpoint) -> tuple[Any, ...]:
+    return (
+        stream_id,
+        cp.offset,
+        cp.unique_event_id,
+        cp.completed_at,
+        cp.updated_at or time.time(),
+        cp.gateway_host,
+        cp.chain_code,
+    )
+
 
 def _checkpoint(row: _Row) -> Checkpoint:
     return Checkpoint(row[0], row[1], row[2], row[3], row[4], row[5])
@@ -148,12 +164,14 @@ def _checkpoint(row: _Row) -> Checkpoint:
 class SQLiteCheckpointStore:
     """Durable checkpoints in a SQLite file (WAL journal, one row per stream).
 
-    Each operation runs in a worker thread, so that the event loop (and the stream's pings)
-    never waits on the disk or on a lock. A database locked by another program is waited for up
-    to ``busy_timeout`` seconds, then the operation raises
-    :class:`~ohip_stream.CheckpointUnavailableError` (the stream retries it). ``in_thread=False``
-    runs operations on the caller's thread instead: faster on an idle local disk, but a locked
-    database then blocks the event loop for up to ``busy_timeout``.
+    The event loop (and the stream's pings) never waits on the disk or on a lock: a save is
+    first tried on the loop's thread without waiting (no lock wait, no disk sync: the journal is
+    a WAL written with ``synchronous=NORMAL``, and the WAL is checkpointed into the database in
+    a worker thread); a save that would wait, and every other operation, runs in a worker
+    thread. A database locked by another program is waited for up to ``busy_timeout`` seconds,
+    then the operation raises :class:`~ohip_stream.CheckpointUnavailableError` (the stream
+    retries it). ``in_thread=False`` runs every operation on the caller's thread instead: a
+    locked database then blocks the event loop for up to ``busy_timeout``.
 
     Before each operation the store checks that the path still names the file it opened: a
     checkpoint file deleted or replaced under a running consumer raises
@@ -183,6 +201,8 @@ class SQLiteCheckpointStore:
         self._identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # Saves since the WAL was last checkpointed (with in_thread; see save).
+        self._unmerged = 0
 
     # --- the connection -----------------------------------------------------------------------
 
@@ -207,6 +227,9 @@ class SQLiteCheckpointStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                if self.in_thread:
+                    # a checkpoint of the WAL syncs the disk: the worker thread runs them
+                    conn.execute("PRAGMA wal_autocheckpoint=0")
                 _migrate(conn)
                 self._identity = self._file_identity()
             except BaseException:
@@ -266,16 +289,36 @@ class SQLiteCheckpointStore:
         return None if row is None else _checkpoint(row)
 
     def _save(self, stream_id: str, cp: Checkpoint) -> None:
-        values = (
-            stream_id,
-            cp.offset,
-            cp.unique_event_id,
-            cp.completed_at,
-            cp.updated_at or time.time(),
-            cp.gateway_host,
-            cp.chain_code,
-        )
+        values = _values(stream_id, cp)
         self._run("write", lambda conn: conn.execute(_UPSERT, values))
+
+    def _save_without_waiting(self, stream_id: str, cp: Checkpoint) -> bool:
+        """Save on the caller's thread if nothing has to be waited for; False (nothing written)
+        when the connection is not open yet (opening may create the file), the worker thread
+        is using it, or another connection holds the database's lock."""
+        if self._conn is None or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if conn is None:
+                return False
+            try:
+                self._check_same_file()
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute(_UPSERT, _values(stream_id, cp))
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
+            except (sqlite3.Error, OSError) as exc:
+                if sqlite_failure_kind(exc) == "locked":
+                    return False
+                raise self._failure("write", exc) from exc
+            return True
+        finally:
+            self._lock.release()
+
+    def _merge_wal(self) -> None:
+        self._run("checkpoint", lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
 
     def _delete(self, stream_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -299,7 +342,18 @@ class SQLiteCheckpointStore:
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
         """Write the checkpoint durably (one transaction; an unset ``updated_at`` gets now)."""
-        await self._call(lambda: self._save(stream_id, checkpoint))
+        if not self.in_thread:
+            self._save(stream_id, checkpoint)
+            return
+        # Why not always the thread: while the event loop's thread is busy (a consumer reading
+        # a backlog), a worker thread waits for the GIL at each step, and the hand-off costs the
+        # caller milliseconds, far more than the write.
+        if not self._save_without_waiting(stream_id, checkpoint):
+            await asyncio.to_thread(self._save, stream_id, checkpoint)
+        self._unmerged += 1
+        if self._unmerged >= WAL_MERGE_EVERY:
+            self._unmerged = 0
+            await asyncio.to_thread(self._merge_wal)
 
     async def delete(self, stream_id: str) -> bool:
         """Forget the stream's checkpoint; whether there was one."""

@@ -318,7 +318,9 @@ class SQLiteCheckpointStore:
             self._lock.release()
 
     def _merge_wal(self) -> None:
-        self._run("checkpoint", lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+        self._run(
+            "merge the journal into", lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        )
 
     def _delete(self, stream_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:

@@ -145,7 +145,9 @@ _Row = tuple[str | None, str | None, float | None, float, str | None, str | None
 WAL_MERGE_EVERY = 200
 
 
-def _values(stream_id: str, cp: Checkpoint) -> tuple[Any, ...]:
+def checkpoint_row(stream_id: str, cp: Checkpoint) -> tuple[Any, ...]:
+    """The row a store writes: the stream id, then the checkpoint's fields in their order (an
+    unset ``updated_at`` gets the time now)."""
     return (
         stream_id,
         cp.offset,
@@ -289,7 +291,7 @@ class SQLiteCheckpointStore:
         return None if row is None else _checkpoint(row)
 
     def _save(self, stream_id: str, cp: Checkpoint) -> None:
-        values = _values(stream_id, cp)
+        values = checkpoint_row(stream_id, cp)
         self._run("write", lambda conn: conn.execute(_UPSERT, values))
 
     def _save_without_waiting(self, stream_id: str, cp: Checkpoint) -> bool:
@@ -306,7 +308,7 @@ class SQLiteCheckpointStore:
                 self._check_same_file()
                 conn.execute("PRAGMA busy_timeout = 0")
                 try:
-                    conn.execute(_UPSERT, _values(stream_id, cp))
+                    conn.execute(_UPSERT, checkpoint_row(stream_id, cp))
                 finally:
                     conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
             except (sqlite3.Error, OSError) as exc:

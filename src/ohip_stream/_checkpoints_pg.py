@@ -25,11 +25,10 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ohip_stream._checkpoints import Checkpoint
+from ohip_stream._checkpoints import Checkpoint, checkpoint_row
 from ohip_stream._exceptions import CheckpointError, CheckpointUnavailableError, ConfigurationError
 from ohip_stream._logging import redact, register_secret
 
@@ -288,16 +287,7 @@ class PostgresCheckpointStore:
 
     async def save(self, stream_id: str, checkpoint: Checkpoint) -> None:
         """Write the checkpoint (one upsert; an unset ``updated_at`` gets the time now)."""
-        cp = checkpoint
-        values = (
-            stream_id,
-            cp.offset,
-            cp.unique_event_id,
-            cp.completed_at,
-            cp.updated_at or time.time(),
-            cp.gateway_host,
-            cp.chain_code,
-        )
+        values = checkpoint_row(stream_id, checkpoint)
 
         async def op(conn: AsyncConnection[Any]) -> None:
             await conn.execute(self._statements.upsert, values)

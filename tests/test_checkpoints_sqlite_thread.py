@@ -140,3 +140,25 @@ async def test_on_the_callers_thread_sqlite_merges_the_wal_itself(tmp_path: Path
 
     assert _writes(seen) == [True]
     await store.aclose()
+
+
+async def test_a_failed_merge_of_the_wal_does_not_fail_the_save_it_follows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteCheckpointStore(tmp_path / "offsets.db")
+    merges: list[int] = []
+
+    def failing_merge() -> None:
+        merges.append(1)
+        raise CheckpointUnavailableError("the disk is full (test)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "_merge_wal", failing_merge)
+        for offset in range(1, WAL_MERGE_EVERY + 1):
+            await store.save("a", _checkpoint(offset))  # the last one runs the merge
+
+    assert merges == [1]
+    assert await store.load("a") == _checkpoint(WAL_MERGE_EVERY)
+    assert "journal was not merged" in caplog.text
+    assert "the disk is full (test)" in caplog.text
+    await store.aclose()

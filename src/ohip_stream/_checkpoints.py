@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ohip_stream._checkpoints_sqlite import sqlite_failure, sqlite_failure_kind
 from ohip_stream._exceptions import CheckpointError, ConfigurationError
+from ohip_stream._logging import get_logger
 
 __all__ = ["Checkpoint", "CheckpointStore", "MemoryCheckpointStore", "SQLiteCheckpointStore"]
 
@@ -139,6 +140,8 @@ _UPSERT = (
 )
 
 _Row = tuple[str | None, str | None, float | None, float, str | None, str | None]
+
+_log = get_logger("ohip_stream.checkpoints")
 
 #: Saves between two checkpoints of the WAL into the database file (a save adds a page or two
 #: to the WAL; SQLite's own automatic checkpoint comes at 1,000 pages).
@@ -357,7 +360,14 @@ class SQLiteCheckpointStore:
         self._unmerged += 1
         if self._unmerged >= WAL_MERGE_EVERY:
             self._unmerged = 0
-            await asyncio.to_thread(self._merge_wal)
+            try:
+                await asyncio.to_thread(self._merge_wal)
+            except CheckpointError as exc:
+                # The checkpoint is written: a merge that failed is only tried again later (the
+                # WAL grows meanwhile), and a file that is gone fails the next save anyway.
+                _log.warning(
+                    "the SQLite checkpoint journal was not merged (retried later): %s", exc
+                )
 
     async def delete(self, stream_id: str) -> bool:
         """Forget the stream's checkpoint; whether there was one."""

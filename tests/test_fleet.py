@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,51 @@ async def test_an_operator_release_fences_the_owner_and_the_stream_comes_back(
         await emu.publish(2, chain_code="CHA")
         await handled.wait_for(lambda: handled.offsets("emu:CHA")[-1:] == ["3"])
     assert emu.overlapping_subscriptions() == []
+
+
+def stand_still(seconds: float) -> None:
+    """Block the event loop: for the loop, a SIGSTOP or a paused VM of this long."""
+    time.sleep(seconds)
+
+
+async def test_a_worker_thawed_past_its_lease_hands_out_nothing_it_had_buffered(
+    emu: Emulator, url: str, tmp_path: Path
+) -> None:
+    # While its loop stood still past the lease, another worker may have taken the stream: the
+    # events this worker had buffered must not reach its handler when it runs again.
+    seen: list[tuple[asyncio.Task[Any] | None, str]] = []  # (consuming task, offset)
+
+    async def handler(stream: StreamSpec, event: Event) -> None:
+        seen.append((asyncio.current_task(), event.metadata.offset))
+        if len(seen) == 1:
+            await asyncio.sleep(0.3)  # the rest of the backlog arrives in the stream's buffer
+            stand_still(0.9)  # past the lease (0.6 s): no renewal, no watchdog meanwhile
+
+    await emu.publish(40, chain_code="CHA")
+    fleet = fleet_for(
+        emu,
+        url,
+        tmp_path,
+        Handled(),
+        "w1",
+        handler=handler,
+        streams=specs_for(emu, ["CHA"]),
+        lease_time=0.6,
+        renew_interval=0.15,
+        safety_margin=0.2,
+        commit_every=1000,
+        commit_interval=60.0,
+    )
+    async with running(fleet):
+        await Handled().wait_for(
+            lambda: {offset for _, offset in seen} >= set(map(str, range(1, 41)))
+        )
+    frozen = seen[0][0]
+    assert [offset for task, offset in seen[1:] if task is frozen] == []
+    assert fleet.stats.self_fenced >= 1
+    # The first event was handled, and committed on the way out; the second, in hand at the
+    # fence, was not: the next owner began with it.
+    assert [offset for task, offset in seen if task is not frozen][:1] == ["2"]
 
 
 class FrozenRenewals:

@@ -7,8 +7,8 @@ One worker (one process) runs a control loop and one task per stream it owns::
         ended; plan (balanced or greedy, see _assign); hand over the surplus (the stream
         completes, drains, commits, then the lease is released); claim free streams and start
         them (each upgrade, start or not, takes a slot in the fleet's upgrade budget)
-    watchdog, every margin / 4: a stream past its fence time stops itself (self-fencing): it is
-        cancelled, which completes the subscription, and aborted if that takes longer than
+    watchdog, every margin / 4, and each stream's task before each event: a stream past its
+        fence time stops itself (self-fencing), completing its subscription, aborted after
         margin / 2, so that the next owner never meets a live connection
 
 A stale epoch (another worker took the stream while this one was paused or cut off) is caught
@@ -421,6 +421,7 @@ class Fleet:
                 handler=self.handler,
                 slots=self._slots,
                 rng=self._rng,
+                fence=self._fence,
                 stats=self.stats,
             ),
             name=f"ohip-fleet-{spec.name}",
@@ -445,19 +446,18 @@ class Fleet:
         self.stats.self_fenced += 1
         if o.task is None or o.task.done():
             return
-        # Cancelling lets the stream complete its subscription on the way out; if that takes
-        # longer than half the margin, the second cancel aborts the connection.
-        o.task.cancel()
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.safety_margin / 2, o.cancel_task)
+        # Cancelled, the stream completes its subscription on the way out (a task past its fence
+        # raises its own CancelledError); after half the margin the second cancel aborts it.
+        if o.task is not asyncio.current_task():
+            o.task.cancel()
+        asyncio.get_running_loop().call_later(self.safety_margin / 2, o.cancel_task)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.safety_margin / 4)
-            now = loop.time()
             for o in list(self.owned.values()):
-                if not o.lost and now >= o.fence_at:
+                if not o.lost and o.past_fence(loop.time()):
                     _log.warning(
                         "fleet worker %s: the lease of %s could not be renewed in time: the "
                         "stream stops itself (self-fencing)",

@@ -64,6 +64,11 @@ class Owned:
     error: BaseException | None = None
     handled: int = 0
 
+    def past_fence(self, now: float) -> bool:
+        """Whether ``now`` (the loop's monotonic time) is past :attr:`fence_at`: the lease may
+        have expired without a renewal, so the stream must not hand out one more event."""
+        return now >= self.fence_at
+
     def cancel_task(self) -> None:
         """Cancel the stream's task if it still runs (a second cancel aborts the connection)."""
         if self.task is not None and not self.task.done():
@@ -282,11 +287,19 @@ async def consume(
     handler: Handler,
     slots: asyncio.Semaphore,
     rng: random.Random,
+    fence: Callable[[Owned], None],
     stats: FleetStats | None = None,
 ) -> None:
     """The task of one owned stream: build, iterate, hand each event to the handler (every
-    upgrade of the stream takes its slot in the fleet's budget through the stream's gate)."""
+    upgrade of the stream takes its slot in the fleet's budget through the stream's gate).
+
+    Before each event the lease is checked against the loop's clock: a worker whose loop was
+    frozen or starved past the lease (a SIGSTOP, a paused VM, a handler that blocked) would
+    otherwise hand out the events it buffered before, while another worker may own the stream.
+    Then ``fence(owned)`` (the fleet's self-fencing) and the task ends as if cancelled: the
+    event in hand is neither handled nor committed."""
     spec = owned.spec
+    loop = asyncio.get_running_loop()
     gate = BudgetGate(
         store,
         key_id(factory.app_key(spec)),
@@ -305,6 +318,9 @@ async def consume(
             if owned.stopping:
                 return
             async for event in stream:
+                if owned.lost or owned.past_fence(loop.time()):
+                    fence(owned)
+                    raise asyncio.CancelledError
                 async with slots:
                     result = handler(spec, event)
                     if inspect.isawaitable(result):

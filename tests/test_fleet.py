@@ -210,11 +210,12 @@ async def test_a_worker_thawed_past_its_lease_hands_out_nothing_it_had_buffered(
             stand_still(0.9)  # past the lease (0.6 s): no renewal, no watchdog meanwhile
 
     await emu.publish(40, chain_code="CHA")
+    waits = Handled()  # its handler is not used: only its wait_for
     fleet = fleet_for(
         emu,
         url,
         tmp_path,
-        Handled(),
+        waits,
         "w1",
         handler=handler,
         streams=specs_for(emu, ["CHA"]),
@@ -225,9 +226,7 @@ async def test_a_worker_thawed_past_its_lease_hands_out_nothing_it_had_buffered(
         commit_interval=60.0,
     )
     async with running(fleet):
-        await Handled().wait_for(
-            lambda: {offset for _, offset in seen} >= set(map(str, range(1, 41)))
-        )
+        await waits.wait_for(lambda: {offset for _, offset in seen} >= set(map(str, range(1, 41))))
     frozen = seen[0][0]
     assert [offset for task, offset in seen[1:] if task is frozen] == []
     assert fleet.stats.self_fenced >= 1

@@ -446,10 +446,9 @@ class Fleet:
         self.stats.self_fenced += 1
         if o.task is None or o.task.done():
             return
-        # Cancelled, the stream completes its subscription on the way out (a task past its fence
-        # raises its own CancelledError); after half the margin the second cancel aborts it.
-        if o.task is not asyncio.current_task():
-            o.task.cancel()
+        # Cancelling lets the stream complete its subscription on the way out; if that takes
+        # longer than half the margin, the second cancel aborts the connection.
+        o.task.cancel()
         asyncio.get_running_loop().call_later(self.safety_margin / 2, o.cancel_task)
 
     async def _watch(self) -> None:

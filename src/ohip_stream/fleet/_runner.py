@@ -296,8 +296,8 @@ async def consume(
     Before each event the lease is checked against the loop's clock: a worker whose loop was
     frozen or starved past the lease (a SIGSTOP, a paused VM, a handler that blocked) would
     otherwise hand out the events it buffered before, while another worker may own the stream.
-    Then ``fence(owned)`` (the fleet's self-fencing) and the task ends as if cancelled: the
-    event in hand is neither handled nor committed."""
+    Then ``fence(owned)``, the fleet's self-fencing, cancels this task: the event in hand is
+    neither handled nor committed."""
     spec = owned.spec
     loop = asyncio.get_running_loop()
     gate = BudgetGate(
@@ -318,9 +318,9 @@ async def consume(
             if owned.stopping:
                 return
             async for event in stream:
-                if owned.lost or owned.past_fence(loop.time()):
+                if owned.past_fence(loop.time()):
                     fence(owned)
-                    raise asyncio.CancelledError
+                    await asyncio.sleep(0)  # where the cancellation lands
                 async with slots:
                     result = handler(spec, event)
                     if inspect.isawaitable(result):

@@ -6,9 +6,11 @@ events (about 700 bytes each). Each contender connects over graphql-transport-ws
 own ``newEvent`` document from the backlog's first offset, and is timed from its first event to
 its last. The contenders alternate over the rounds; the table shows medians.
 
-    python benchmarks/throughput.py [-n/--events N] [--rounds R] [--json]
+    python benchmarks/throughput.py [-n/--events N] [--rounds R] [--dedup-window W] [--json]
 
 Defaults: 100,000 events, 9 rounds, the size the project's throughput goals are stated for.
+``--dedup-window`` runs the stream with that ``dedup_window`` instead of its default (how much
+the ``uniqueEventId`` window's size costs).
 
 Contenders (the plain ``websockets`` clients use its public ``recv(decode=False)`` and read
 frames undecoded, as the stream does; nothing reads a private attribute of any dependency):
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import statistics
@@ -143,7 +146,7 @@ async def gql_client(emu: EmulatorProcess, token: str, n: int) -> Result:
     return count, elapsed, last
 
 
-async def sdk(emu: EmulatorProcess, token: str, n: int) -> Result:
+async def sdk(emu: EmulatorProcess, token: str, n: int, dedup_window: int | None = None) -> Result:
     """EventStream with a SQLite checkpoint store in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="ohip-bench-sdk-") as tmp:
         store = SQLiteCheckpointStore(Path(tmp) / "offsets.db")
@@ -159,6 +162,7 @@ async def sdk(emu: EmulatorProcess, token: str, n: int) -> Result:
                 checkpoints=store,
                 offset=str(emu.first_offset),
                 lock_dir=tmp,
+                dedup_window=dedup_window,
             ) as stream:
                 async for event in stream:
                     if count == 0:
@@ -194,7 +198,12 @@ LABELS = {
 }
 
 
-async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
+async def run(
+    n: int, rounds: int, verbose: bool, dedup_window: int | None = None
+) -> dict[str, Any]:
+    contenders = dict(CONTENDERS)
+    if dedup_window is not None:
+        contenders["sdk"] = functools.partial(sdk, dedup_window=dedup_window)
     samples: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     cpu_samples: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     with EmulatorProcess(n) as emu:
@@ -209,7 +218,7 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
             for name in order:
                 gc.collect()
                 cpu = time.process_time()
-                count, elapsed, last = await CONTENDERS[name](emu, token, n)
+                count, elapsed, last = await contenders[name](emu, token, n)
                 cpu = time.process_time() - cpu
                 if count != n or last != expected_last:
                     raise RuntimeError(
@@ -245,6 +254,7 @@ async def run(n: int, rounds: int, verbose: bool) -> dict[str, Any]:
     return {
         "n": n,
         "rounds": rounds,
+        "dedup_window": dedup_window,
         "ceiling_eps": round(medians["ceiling"]),
         "floor_eps": round(medians["floor"]),
         "validate_eps": round(medians["validate"]),
@@ -297,17 +307,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument(
+        "--dedup-window",
+        type=int,
+        help="the stream's dedup_window (default: its own default); at least queue_size",
+    )
     parser.add_argument("--json", action="store_true", help="a JSON object on the last line")
     args = parser.parse_args()
     if args.events < 2 or args.rounds < 1:
         parser.error("--events must be at least 2 and --rounds at least 1")
+    queue_size = CLIENT_OPTIONS["max_queue"]
+    if args.dedup_window is not None and args.dedup_window < queue_size:
+        parser.error(f"--dedup-window must be at least the stream's queue_size ({queue_size})")
     info = _harness.machine()
     print(
         f"machine: {info['cpus']} CPU(s), {info['cpu']}, Python {info['python']}; "
         f"websockets {websockets.__version__}",
         flush=True,
     )
-    result = asyncio.run(run(args.events, args.rounds, verbose=True))
+    result = asyncio.run(
+        run(args.events, args.rounds, verbose=True, dedup_window=args.dedup_window)
+    )
     print_table(result)
     if args.json:
         _harness.print_json({key: result[key] for key in JSON_KEYS})
@@ -316,6 +336,7 @@ def main() -> None:
 JSON_KEYS = (
     "n",
     "rounds",
+    "dedup_window",
     "ceiling_eps",
     "floor_eps",
     "validate_eps",

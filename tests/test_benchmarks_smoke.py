@@ -43,10 +43,12 @@ def _run(script: str, *args: str, timeout: float = 90) -> dict[str, Any]:
 
 
 def test_throughput_smoke() -> None:
-    result = _run("throughput.py", "--events", "2000", "--rounds", "1")
+    # with the window option: the only difference from a run with the default is this one value
+    result = _run("throughput.py", "--events", "2000", "--rounds", "1", "--dedup-window", "2000")
     assert set(result) == {
         "n",
         "rounds",
+        "dedup_window",
         "ceiling_eps",
         "floor_eps",
         "validate_eps",
@@ -63,6 +65,7 @@ def test_throughput_smoke() -> None:
     }
     assert result["n"] == 2000
     assert result["rounds"] == 1
+    assert result["dedup_window"] == 2000
     # every contender received all 2,000 events (the script raises otherwise) at some rate
     for key in (
         "ceiling_eps",
